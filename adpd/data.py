@@ -230,7 +230,7 @@ class CocoKeypoints(TopDownDataset):
                 _fail(det_file, f"detection {str(d)[:80]} needs image_id, numeric score and a 4-number bbox")
         return dets
 
-# %% ../nbs/02_data.ipynb #58800cbd
+# %% ../nbs/02_data.ipynb #1d2af912
 class MPIIKeypoints(TopDownDataset):
     "A top-down dataset over an MPII json (center, scale, 1-based joints, joints_vis); `head_size` for PCKh."
     def __init__(self, ann_file, img_dir, train=True, image_size=(256, 256), heatmap_size=(64, 64), **kwargs):
@@ -254,7 +254,8 @@ class MPIIKeypoints(TopDownDataset):
             hb = e.get('headbox')
             heads.append(.6 * np.linalg.norm(np.subtract(hb[2:], hb[:2])) if hb else np.linalg.norm(j[9, :2] - j[8, :2]))
             sc = np.array([s * aspect, s])
-            rows.append(dict(image_id=len(rows), file=f, img_wh=PIL.Image.open(f).size, center=c, scale=sc, joints=j, score=1.,
+            with PIL.Image.open(f) as im: wh = im.size          # reads the header only
+            rows.append(dict(image_id=len(rows), file=f, img_wh=wh, center=c, scale=sc, joints=j, score=1.,
                              area=(s * PIXEL_STD) ** 2, box=center_scale_to_box(c, sc)))
         _report(ann_file, skips)
         self.skips, self.head_size = skips, np.array(heads, np.float32)

@@ -70,9 +70,9 @@ def flip_joints(joints, width, flip_index):
     out[..., 0] = width - 1 - out[..., 0]
     return out
 
-# %% ../nbs/01_transforms.ipynb #60079aa7
+# %% ../nbs/01_transforms.ipynb #d3b56ff7
 def half_body_center_scale(joints, spec:KeypointSpec, aspect_ratio:float, rng=np.random, pixel_std=PIXEL_STD):
-    "Center/scale of the upper or lower body of `joints (K, 3)`, or `None` when fewer than 2 joints are labelled there."
+    "Center/scale of the upper or lower body of `joints (K, 3)`, or `None` when fewer than 2 distinct joints are labelled there."
     vis = joints[:, 2] > 0
     up = [i for i in spec.upper if vis[i]]
     lo = [i for i in spec.lower if vis[i]]
@@ -80,6 +80,7 @@ def half_body_center_scale(joints, spec:KeypointSpec, aspect_ratio:float, rng=np
     if len(sel) < 2: return None
     p = joints[sel, :2]
     lt, rb = p.min(0), p.max(0)
+    if (rb - lt).max() < 1: return None               # all selected joints on one pixel: no box to crop
     c, s = box_to_center_scale([*lt, *(rb - lt)], aspect_ratio, padding=1.5, pixel_std=pixel_std)
     c[:] = p.mean(0)
     return c, s
