@@ -1,0 +1,266 @@
+"Decoupled KD terms against plain loops, the KL identity, gradients, mixed precision, and the ADPD/FPD/KL losses."
+import pytest, torch
+import torch.nn as nn
+import torch.nn.functional as F
+from adpd.transforms import encode_heatmaps
+from adpd.losses import (TERMS, JointsMSELoss, decoupled_kd, decoupled_distributions, pose_kl, joint_mean, WeightNet,
+                         ADPDLoss, FPDLoss, KLPoseLoss)
+
+def make_batch(B=3, K=6, H=16, W=12, seed=0, noise_t=.3, noise_s=.5):
+    "Gaussian targets with unlabelled joints, one joint with no keypoint area and one whose area is the whole map."
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(B, K, 2, generator=g) * torch.tensor([W - 1., H - 1.])
+    target, tw = encode_heatmaps(kp, torch.ones(B, K), (W, H))
+    tw[0, 1] = tw[2, 3] = 0
+    target[0, 1] = 0                        # an unlabelled joint has an all-zero target
+    target[1, 2] *= .25                     # peak .25 < every thr: empty keypoint area
+    target[2, 4] = 1.                       # every pixel in the area: empty non-keypoint area
+    teacher = target + noise_t * torch.randn(target.shape, generator=g)
+    student = target + noise_s * torch.randn(target.shape, generator=g)
+    return student, teacher, target, tw
+
+def reference(s, t, target, tw, T, thr):
+    "Per sample and joint, float64, from the definitions: terms (B, K, 3) times T^2 and teacher masses (B, K, 2)."
+    B, K = s.shape[:2]
+    out, mass = torch.zeros(B, K, 3, dtype=torch.float64), torch.zeros(B, K, 2, dtype=torch.float64)
+    kl = lambda p, q: (p * (p.log() - q.log())).sum()
+    for b in range(B):
+        for k in range(K):
+            ps = torch.softmax(s[b, k].double().flatten() / T, 0)
+            pt = torch.softmax(t[b, k].double().flatten() / T, 0)
+            A = target[b, k].flatten() > thr
+            PA, QA, PN, QN = pt[A].sum(), ps[A].sum(), pt[~A].sum(), ps[~A].sum()
+            mass[b, k] = torch.stack([PA, PN])
+            if tw is not None and tw[b, k] == 0: continue
+            if A.any() and (~A).any(): out[b, k, 0] = kl(torch.stack([PA, PN]), torch.stack([QA, QN]))
+            if A.any(): out[b, k, 1] = kl(pt[A] / PA, ps[A] / QA)
+            if (~A).any(): out[b, k, 2] = kl(pt[~A] / PN, ps[~A] / QN)
+    return out * T * T, mass
+
+def stacked(r): return torch.stack([r[n] for n in TERMS], -1)
+
+@pytest.mark.parametrize('T', [.5, 1., 2., 4.])
+@pytest.mark.parametrize('thr', [.3, .5, .7])
+def test_decoupled_kd_matches_loop_reference_and_kl_identity(T, thr):
+    s, t, target, tw = make_batch(seed=int(T * 10 + thr * 10))
+    r = decoupled_kd(s, t, target, tw, T=T, thr=thr)
+    assert all(r[n].shape == (3, 6) and r[n].dtype == torch.float32 for n in TERMS)
+    ref, mass = reference(s, t, target, tw, T, thr)
+    torch.testing.assert_close(stacked(r).double(), ref, atol=1e-5, rtol=0)
+    # the decoupling is exact: KL = BiKD + P_A KAD + P_N NAD (teacher masses)
+    kl = pose_kl(s, t, tw, T).double()
+    torch.testing.assert_close(kl, ref[..., 0] + mass[..., 0] * ref[..., 1] + mass[..., 1] * ref[..., 2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(kl, (r['BiKD'] + mass[..., 0].float() * r['KAD'] + mass[..., 1].float() * r['NAD']).double(),
+                               atol=1e-5, rtol=0)
+    # the non-existent terms are exactly 0, not NaN
+    assert r['KAD'][1, 2] == 0 and r['BiKD'][1, 2] == 0 and r['NAD'][1, 2] > 0
+    assert r['NAD'][2, 4] == 0 and r['BiKD'][2, 4] == 0 and r['KAD'][2, 4] > 0
+    assert all(r[n][0, 1] == 0 and r[n][2, 3] == 0 for n in TERMS)
+
+def test_without_target_weight_every_joint_counts():
+    s, t, target, tw = make_batch()
+    r = decoupled_kd(s, t, target)
+    ref, _ = reference(s, t, target, None, 1., .5)
+    torch.testing.assert_close(stacked(r).double(), ref, atol=1e-5, rtol=0)
+    assert r['NAD'][2, 3] > 0                     # a labelled-or-not joint with a target now has its terms
+
+@pytest.mark.parametrize('T', [.5, 1., 3.])
+def test_identical_student_and_teacher_give_zero_terms(T):
+    s, _, target, tw = make_batch()
+    r = decoupled_kd(s, s.clone(), target, tw, T=T)
+    assert all(r[n].abs().max() < 1e-6 for n in TERMS)
+    assert pose_kl(s, s.clone(), tw, T).abs().max() < 1e-6
+
+def test_gradients_match_finite_differences_for_student_and_teacher():
+    s, t, target, tw = make_batch(B=3, K=5, H=8, W=6, seed=3)
+    assert not (target[1, 2] > .5).any()          # an empty keypoint area is included
+    s64, t64 = s.double().requires_grad_(), t.double().requires_grad_()
+    for T in (.7, 2.):
+        f = lambda a, b: stacked(decoupled_kd(a, b, target, tw, T=T))
+        assert torch.autograd.gradcheck(f, (s64, t64))
+
+def differentiable_reference(s, t, target, T, thr):
+    "The terms with plain autograd ops (log_softmax and masked logsumexp), float64, for gradient comparisons."
+    ls, lt = F.log_softmax(s.double().flatten(2) / T, -1), F.log_softmax(t.double().flatten(2) / T, -1)
+    A = target.flatten(2) > thr
+    def part(m):
+        lms, lmt = torch.where(m, ls, -1e300).logsumexp(-1, keepdim=True), torch.where(m, lt, -1e300).logsumexp(-1, keepdim=True)
+        q, qs = lt - lmt, ls - lms
+        return (torch.where(m, q.exp() * (q - qs), 0.)).sum(-1), lmt[..., 0], lms[..., 0]
+    kad, at, as_ = part(A); nad, nt, ns = part(~A)
+    bikd = at.exp() * (at - as_) + nt.exp() * (nt - ns)
+    return torch.stack([bikd, kad, nad], -1) * T * T
+
+def test_float32_gradients_match_a_float64_autograd_reference():
+    g = torch.Generator().manual_seed(5)
+    target, _ = encode_heatmaps(torch.rand(4, 5, 2, generator=g) * torch.tensor([40., 56]) + 4, torch.ones(4, 5), (48, 64))
+    s = (target + .3 * torch.randn(target.shape, generator=g)).requires_grad_()
+    t = (target + .1 * torch.randn(target.shape, generator=g)).requires_grad_()
+    wts = torch.rand(4, 5, 3, generator=g)
+    (stacked(decoupled_kd(s, t, target, T=1.5)) * wts).sum().backward()
+    s2, t2 = s.detach().double().requires_grad_(), t.detach().double().requires_grad_()
+    (differentiable_reference(s2, t2, target, 1.5, .5) * wts.double()).sum().backward()
+    torch.testing.assert_close(s.grad.double(), s2.grad, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(t.grad.double(), t2.grad, atol=1e-7, rtol=1e-4)
+
+def test_empty_areas_and_unlabelled_joints_give_zero_terms_and_finite_gradients():
+    s, t, target, tw = make_batch()
+    s.requires_grad_()
+    r = decoupled_kd(s, t, target, tw)
+    sum(v.sum() for v in r.values()).backward()
+    assert all(v.isfinite().all() for v in r.values()) and s.grad.isfinite().all()
+    assert s.grad[0, 1].abs().max() == 0 and s.grad[2, 3].abs().max() == 0   # unlabelled joints get no gradient
+    # everything empty: all joints unlabelled with zero targets
+    s0 = torch.randn(2, 3, 8, 6, requires_grad=True)
+    r = decoupled_kd(s0, torch.randn(2, 3, 8, 6), torch.zeros(2, 3, 8, 6), torch.zeros(2, 3))
+    sum(v.sum() for v in r.values()).backward()
+    assert all((v == 0).all() for v in r.values()) and (s0.grad == 0).all()
+    loss = ADPDLoss(3)
+    s1 = torch.randn(2, 3, 8, 6, requires_grad=True)
+    out = loss(s1, torch.randn(2, 3, 8, 6), torch.zeros(2, 3, 8, 6), torch.zeros(2, 3))
+    out.backward()
+    assert out == 0 and s1.grad.isfinite().all()
+
+@pytest.mark.parametrize('shift', [-100., 100., 5.])
+def test_extreme_logits_stay_exact(shift):
+    """The keypoint area 200 logits below the rest (its sum underflows), above it (the rest underflows), or 10 above (the rest
+    holds < 1e-3 of the mass: no underflow, but outside = total - inside would lose digits)."""
+    s, t, target, tw = make_batch(seed=7)
+    far = s + shift * (target > .5)
+    r = decoupled_kd(far.requires_grad_(), t, target, tw, T=.5)
+    sum(v.sum() for v in r.values()).backward()
+    assert all(v.isfinite().all() for v in r.values()) and far.grad.isfinite().all()
+    ref, _ = reference(far.detach(), t, target, tw, .5, .5)
+    torch.testing.assert_close(stacked(r).double(), ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-5)
+
+def test_bf16_autocast_gives_finite_terms_and_gradients():
+    s, t, target, tw = make_batch(B=3, K=17, H=64, W=48)
+    net = nn.Conv2d(3, 17, 3, padding=1)
+    x = torch.randn(3, 3, 64, 48)
+    for loss in (ADPDLoss(17), ADPDLoss(17, T=.5, faithful=True), KLPoseLoss(T=2.), FPDLoss()):
+        net.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = net(x)
+            l = loss(out, t.bfloat16(), target, tw)
+        assert out.dtype == torch.bfloat16
+        l.backward()
+        assert l.isfinite() and all(v.isfinite().all() for v in loss.last.values())
+        assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters())
+        assert all(p.grad is None or p.grad.isfinite().all() for p in loss.weight_params())
+    sb = s.bfloat16().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        r = decoupled_kd(sb, t.bfloat16(), target, tw, T=.5)
+    sum(v.sum() for v in r.values()).backward()
+    assert all(v.dtype == torch.float32 and v.isfinite().all() for v in r.values()) and sb.grad.isfinite().all()
+    ref, _ = reference(sb.detach().float(), t.bfloat16().float(), target, tw, .5, .5)
+    torch.testing.assert_close(stacked(r).double(), ref, atol=1e-5, rtol=0)
+
+def test_joints_mse_matches_per_joint_loop():
+    p, g, w = torch.rand(4, 5, 8, 6), torch.rand(4, 5, 8, 6), (torch.rand(4, 5) > .3).float()
+    loop = sum(.5 * F.mse_loss(p[:, k].flatten(1) * w[:, k, None], g[:, k].flatten(1) * w[:, k, None]) for k in range(5)) / 5
+    torch.testing.assert_close(JointsMSELoss()(p, g, w), loop)
+    torch.testing.assert_close(JointsMSELoss()(p, g, w[..., None]), loop)
+    assert JointsMSELoss()(p, g, torch.zeros(4, 5)) == 0
+
+def test_joint_mean_averages_over_labelled_joints():
+    x, w = torch.tensor([[1., 2, 3], [4, 5, 6], [7, 8, 9]]), torch.tensor([[1., 0, 1], [0, 0, 0], [2, 1, 0]])
+    torch.testing.assert_close(joint_mean(x, w), torch.tensor([2., 0., (14 + 8) / 2]))
+
+def test_fpd_and_kl_losses():
+    s, t, target, tw = make_batch()
+    mse = JointsMSELoss()
+    torch.testing.assert_close(FPDLoss(alpha=.3)(s, t, target, tw), .7 * mse(s, target, tw) + .3 * mse(s, t, tw))
+    kl = KLPoseLoss(T=2.)
+    per_sample = torch.stack([pose_kl(s, t, T=2.)[b][tw[b] > 0].mean() for b in range(3)])
+    torch.testing.assert_close(kl(s, t, target, tw), .5 * mse(s, target, tw) + .5 * per_sample.mean())
+    assert set(kl.last) == set(KLPoseLoss.names)
+
+def test_adpd_starts_at_unit_weights_and_reaches_the_student():
+    s, t, target, tw = make_batch()
+    loss = ADPDLoss(6, T=2.)
+    sp = s.clone().requires_grad_()
+    out = loss(sp, t, target, tw)
+    out.backward()
+    assert all(loss.last[f'w_{n}'] == 1 for n in TERMS)
+    r = decoupled_kd(s, t, target, tw, T=2.)
+    kd = sum(joint_mean(r[n], tw).mean() for n in TERMS)
+    torch.testing.assert_close(loss.last['kd'], kd)
+    torch.testing.assert_close(out, .5 * JointsMSELoss()(s, target, tw) + .5 * kd)
+    assert sp.grad.abs().sum() > 0 and loss.weight_net.fc2.weight.grad.abs().sum() > 0
+    assert set(loss.last) == set(ADPDLoss.names)
+    assert {id(p) for p in loss.weight_params()} == {id(p) for p in loss.weight_net.parameters()}
+
+def test_samples_without_labelled_joints_add_nothing_to_kd():
+    s, t, target, tw = make_batch()
+    loss = ADPDLoss(6)
+    loss(s, t, target, tw); kd = loss.last['kd']
+    tw2 = torch.cat([tw, torch.zeros(1, 6)]); pad = lambda x: torch.cat([x, torch.randn(1, *x.shape[1:])])
+    loss(pad(s), pad(t), torch.cat([target, torch.zeros(1, *target.shape[1:])]), tw2)
+    torch.testing.assert_close(loss.last['kd'], kd)
+
+def _train_weight_net(faithful, steps=6, B=6, K=4):
+    torch.manual_seed(0)
+    loss = ADPDLoss(K, faithful=faithful)
+    before = {n: p.detach().clone() for n, p in loss.weight_net.named_parameters()}
+    opt = torch.optim.Adam(loss.weight_params(), lr=1e-2)
+    target, tw = encode_heatmaps(torch.rand(B, K, 2) * torch.tensor([11., 15]), torch.ones(B, K), (12, 16))
+    for _ in range(steps):
+        noise = torch.rand(B, 1, 1, 1)
+        s, t = target + noise * torch.randn_like(target), target + .1 * torch.randn_like(target)
+        opt.zero_grad(); loss(s, t, target, tw).backward(); opt.step()
+    with torch.no_grad():
+        s = target + torch.rand(B, 1, 1, 1) * torch.randn_like(target)
+        w = loss.weight_net(s, target, decoupled_kd(s, target, target, tw))
+    moved = {n for n, p in loss.weight_net.named_parameters() if not torch.equal(p, before[n])}
+    return w, moved
+
+def test_weights_become_input_dependent():
+    w, moved = _train_weight_net(faithful=False)
+    assert (w.std(0) > 1e-3 * w.mean(0)).all()          # differ between samples, for every term
+    assert {'fc1.weight', 'fc2.weight', 'features.0.weight'} <= moved
+
+def test_faithful_weights_stay_global_and_only_the_last_bias_moves():
+    w, moved = _train_weight_net(faithful=True)
+    assert moved == {'fc2.bias'}
+    assert (w == w[:1]).all() and not (w == 1).all()
+
+def test_detach_keeps_the_weight_net_off_the_student():
+    s, t, target, tw = make_batch(K=6)
+    for detach, expect in ((False, True), (True, False)):
+        net = WeightNet(6, detach=detach)
+        nn.init.normal_(net.fc2.weight, std=.1)
+        sp = s.clone().requires_grad_()
+        terms = decoupled_kd(sp, t, target, tw)
+        net(sp, t, terms).sum().backward()
+        assert (sp.grad is not None and sp.grad.abs().sum() > 0) == expect
+
+def test_multi_output_student_is_distilled_against_the_teachers_last_output():
+    s, t, target, tw = make_batch()
+    for loss in (ADPDLoss(6), FPDLoss(), KLPoseLoss()):
+        two = loss([s, s * .8], [torch.zeros_like(t), t], target, tw)
+        torch.testing.assert_close(two, loss(s, t, target, tw) + loss(s * .8, t, target, tw))
+    loss = ADPDLoss(6)
+    loss([s, s * .8], t, target, tw); last = dict(loss.last)
+    loss(s * .8, t, target, tw)
+    torch.testing.assert_close(last['BiKD'], loss.last['BiKD'])   # recorded terms are the last output's
+
+def test_bad_inputs_raise_clear_errors():
+    s, t, target, tw = make_batch()
+    with pytest.raises(ValueError, match='teacher heatmaps .* differ'): decoupled_kd(s, t[..., :8], target)
+    with pytest.raises(ValueError, match='target heatmaps'): decoupled_kd(s, t, target[:, :4])
+    with pytest.raises(ValueError, match='target_weight'): decoupled_kd(s, t, target, tw[:, :4])
+    with pytest.raises(ValueError, match='T must be > 0'): decoupled_kd(s, t, target, T=-1)
+    with pytest.raises(ValueError, match='\\(B, K, H, W\\)'): decoupled_kd(s[0], t[0], target[0])
+    with pytest.raises(ValueError, match='teacher heatmaps'): ADPDLoss(6)(s, t[:, :, :8], target, tw)
+    with pytest.raises(ValueError, match='built for 5 joints'): ADPDLoss(5)(s, t, target, tw)
+    with pytest.raises(ValueError, match='differ'): JointsMSELoss()(s, target[:, :5], tw)
+
+def test_decoupled_distributions_are_what_the_terms_are_made_of():
+    s, t, target, tw = make_batch()
+    d = decoupled_distributions(s, t, target, T=2.)
+    r = decoupled_kd(s, t, target, T=2.)
+    torch.testing.assert_close(d['mass_t'].sum(-1), torch.ones(3, 6))
+    kl = lambda p, q: torch.where(p > 0, p * (p.log() - q.log()), 0.).sum((-1, -2)) * 4
+    torch.testing.assert_close(kl(d['in_t'], d['in_s']), r['KAD'], atol=1e-5, rtol=0)
+    torch.testing.assert_close(kl(d['out_t'], d['out_s']), r['NAD'], atol=1e-5, rtol=0)
+    assert d['in_t'][1, 2].sum() == 0 and d['out_t'][2, 4].sum() == 0 and (d['area'] == (target > .5)).all()
