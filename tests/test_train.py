@@ -1,0 +1,205 @@
+"The `adpd_train` command: the quick demo end to end, exact resume, atomic checkpoints, two-process training, COCO and MPII layouts, clear errors."
+import json, os, re, shutil, socket, subprocess, sys
+from pathlib import Path
+import pytest, torch
+from adpd.train import main, load_checkpoint, build_model
+from adpd.models import load_pose_checkpoint
+from adpd.synthetic import make_synthetic_coco
+
+ENV = dict(os.environ, PYTHONUNBUFFERED='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore')
+BIN = Path(sys.executable).parent
+
+def adpd_train(*args, launcher=(sys.executable, '-m', 'adpd.train'), timeout=240, cwd=None):
+    "Run the command in a fresh process; the CompletedProcess (stdout and stderr as text)."
+    return subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+def sd_equal(a, b, **tol):
+    assert a.keys() == b.keys()
+    for k in a: torch.testing.assert_close(a[k], b[k], msg=lambda m: f'{k}: {m}', **tol)
+
+# ---------------------------------------------------------------- demo
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / 'demo'
+    r = adpd_train('demo', '--quick', '--no-bar', '--threads', '1', '--data-root', 'data', '--out', 'demo', cwd=tmp_path)   # relative paths
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = [l for l in r.stdout.splitlines() if l.startswith('| ')]
+    assert table[0].startswith('| run | model | params (M) | epochs | AP | AP50 | AP75 | PCK | train time (s)')
+    assert [l.split('|')[1].strip() for l in table[1:]] == ['teacher', 'student', 'student + FPD', 'student + ADPD']
+    assert (out / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+    assert len((out / 'results.csv').read_text().splitlines()) == 5
+    assert (out / 'results.md').read_text().startswith(table[0])
+    res = {d: json.loads((out / d / 'results.json').read_text()) for d in ('teacher', 'student-none', 'student-fpd', 'student-adpd')}
+    assert all(0 <= r['metrics']['AP'] <= 1 for r in res.values())
+    # the three students start from the same weights; the teacher is another model
+    assert len({res[d]['init_digest'] for d in ('student-none', 'student-fpd', 'student-adpd')}) == 1
+    assert res['teacher']['init_digest'] != res['student-none']['init_digest']
+    assert 'w_NAD' in (out / 'student-adpd' / 'log.csv').read_text().splitlines()[0]
+    # the saved students are plain state dicts a fresh model loads
+    for d in ('student-none', 'student-adpd'):
+        m = load_pose_checkpoint(build_model('tiny-w8'), out / d / 'final.pth')
+        sd_equal(m.state_dict(), load_checkpoint(out / d / 'checkpoint.pth')['model'], rtol=0, atol=0)
+    # the same command again is refused (it would overwrite the run); with --resume the results are read back
+    args = ['demo', '--quick', '--no-bar', '--threads', '1', '--data-root', str(tmp_path / 'data'), '--out', str(out)]
+    capsys.readouterr()
+    assert main(args) == 2 and 'pass --resume' in capsys.readouterr().err
+    assert main(args + ['--resume']) == 0
+    again = [l for l in capsys.readouterr().out.splitlines() if l.startswith('| ')]
+    assert [l.rsplit('|', 2)[0] for l in again] == [l.rsplit('|', 2)[0] for l in table]   # same numbers, train time aside
+
+def test_console_script():
+    exe = BIN / 'adpd_train'
+    if not exe.exists(): pytest.skip(f"console script not installed in {BIN} (pip install -e . creates it)")
+    r = adpd_train('demo', '--help', launcher=(str(exe),))
+    assert r.returncode == 0 and '--quick' in r.stdout and '--teacher-epochs' in r.stdout
+
+# ---------------------------------------------------------------- resume
+@pytest.fixture(scope='module')
+def synth(tmp_path_factory):
+    "A synthetic COCO-layout folder (splits train, val) and a tiny teacher checkpoint."
+    root = tmp_path_factory.mktemp('synth')
+    make_synthetic_coco(root, n_images=16, seed=0)
+    torch.manual_seed(0)
+    torch.save(build_model('tiny-w16').state_dict(), root / 'teacher.pth')
+    return root
+
+def coco_args(root, out, *extra, teacher_weights=True):
+    tw = ['--teacher-weights', str(root / 'teacher.pth')] if teacher_weights else []
+    return ['coco', '--data-root', str(root), '--train-split', 'train', '--val-split', 'val', '--student', 'tiny-w8',
+            '--teacher', 'tiny-w16', *tw, '--kd', 'adpd', '--epochs', '2',
+            '--lr-steps', '1', '--bs', '4', '--image-size', '64x48', '--eval-every', '0', '--no-bar', '--threads', '1', '--out', str(out), *extra]
+
+@pytest.fixture(scope='module')
+def straight(synth, tmp_path_factory):
+    "Two epochs of ADPD without interruption."
+    out = tmp_path_factory.mktemp('runs') / 'straight'
+    assert main(coco_args(synth, out)) == 0
+    return out
+
+def run_state(out):
+    ck = load_checkpoint(out / 'checkpoint.pth')
+    return ck['model'], ck['kd_loss'], ck['opt']['state']
+
+def test_resume_is_exact(synth, straight, tmp_path):
+    out = tmp_path / 'killed'
+    assert main(coco_args(synth, out, '--stop-after', '1')) == 0
+    ck = load_checkpoint(out / 'checkpoint.pth')
+    assert ck['epoch'] == 1 and not (out / 'final.pth').exists()
+    assert main(coco_args(synth, out, '--resume')) == 0
+    (m1, w1, o1), (m2, w2, o2) = run_state(straight), run_state(out)
+    sd_equal(m1, m2); sd_equal(w1, w2)                      # student, weight net (with its BN statistics)
+    for a, b in zip(o1, o2): sd_equal(a, b)                  # optimizer state of both parameter groups
+    sd_equal(torch.load(straight / 'final.pth'), torch.load(out / 'final.pth'))
+    log = (out / 'log.csv').read_text().splitlines()
+    assert len(log) == 3 and log[0] == (straight / 'log.csv').read_text().splitlines()[0]
+    r1, r2 = (json.loads((o / 'results.json').read_text()) for o in (straight, out))
+    assert r1['metrics'] == pytest.approx(r2['metrics'])
+    assert [h['valid_loss'] for h in r1['history']] == pytest.approx([h['valid_loss'] for h in r2['history']])
+
+def test_crash_while_writing_keeps_the_good_checkpoint(synth, straight, tmp_path, monkeypatch):
+    out = tmp_path / 'crash'
+    assert main(coco_args(synth, out, '--stop-after', '1')) == 0
+    good = (out / 'checkpoint.pth').read_bytes()
+    real_save = torch.save
+    def half_save(obj, f, *a, **k):          # write half a checkpoint, then die
+        if isinstance(obj, dict) and obj.get('format') == 'adpd-run':
+            f.write(b'PK\x03\x04 half a checkpoint'); raise RuntimeError('simulated crash during write')
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, 'save', half_save)
+    with pytest.raises(RuntimeError, match='simulated crash'): main(coco_args(synth, out, '--resume'))
+    assert (out / 'checkpoint.pth').read_bytes() == good and load_checkpoint(out / 'checkpoint.pth')['epoch'] == 1
+    assert not list(out.glob('.*.tmp'))
+    monkeypatch.setattr(torch, 'save', real_save)
+    (out / '.checkpoint.pth.x1y2.tmp').write_bytes(b'left by a kill -9')      # what a hard kill leaves
+    assert main(coco_args(synth, out, '--resume')) == 0
+    assert not list(out.glob('.*.tmp'))
+    sd_equal(run_state(straight)[0], run_state(out)[0])
+
+def test_run_folder_is_never_overwritten(synth, straight, capsys):
+    before = (straight / 'checkpoint.pth').read_bytes()
+    for extra, msg in ((['--seed', '1'], 'holds another run'), (['--seed', '1', '--resume'], 'seed: 0 → 1'), ([], 'pass --resume')):
+        assert main(coco_args(synth, straight, *extra)) == 2
+        assert msg in capsys.readouterr().err
+    (straight.parent / 'mine').mkdir(); (straight.parent / 'mine' / 'thesis.tex').write_text('precious')
+    assert main(coco_args(synth, straight.parent / 'mine')) == 2 and 'holds no adpd run' in capsys.readouterr().err
+    assert (straight / 'checkpoint.pth').read_bytes() == before
+
+# ---------------------------------------------------------------- two processes
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def test_two_process_gloo(tmp_path):
+    launcher = (str(BIN / 'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+                '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()), '-m', 'adpd.train')
+    if not (BIN / 'accelerate').exists(): pytest.skip(f'accelerate launcher not found in {BIN}')
+    out = tmp_path / 'ddp'
+    r = adpd_train('demo', '--quick', '--no-bar', '--kd', 'adpd', '--threads', '1', '--data-root', tmp_path / 'data', '--out', out,
+                   launcher=launcher, timeout=300)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    lines = re.findall(r'rank (\d)/2: (.+?) student (\w+) weight net (\S+)(?: \(initially (\w+)\))?', r.stdout)
+    got = {(rank, name): (s, w, w0) for rank, name, s, w, w0 in lines}
+    assert {k[0] for k in got} == {'0', '1'}, r.stdout                  # both processes trained
+    for name in ('teacher', 'student + ADPD'):
+        assert got[('0', name)] == got[('1', name)], (name, got)           # DDP student, and the all-reduced weight net
+    s, w, w0 = got[('0', 'student + ADPD')]
+    assert w != '-' and w != w0, got                                      # the weight net trained (so equality means synchronised)
+    assert sum(l.startswith('| teacher') for l in r.stdout.splitlines()) == 1   # only rank 0 prints the table
+    assert load_checkpoint(out / 'student-adpd' / 'checkpoint.pth')['epoch'] == 1
+    rng = load_checkpoint(out / 'student-adpd' / 'checkpoint.pth')['rng']
+    assert len(rng) == 2                                                  # each process's RNG states, for an exact resume
+
+# ---------------------------------------------------------------- real layouts
+def coco_layout(tmp_path, src):
+    root = tmp_path / 'coco'
+    (root / 'annotations').mkdir(parents=True)
+    for split in ('train2017', 'val2017'):
+        (root / 'annotations' / f'person_keypoints_{split}.json').symlink_to(src / 'person_keypoints_tiny.json')
+        (root / split).symlink_to(src / 'images', target_is_directory=True)
+    torch.manual_seed(0)
+    torch.save(build_model('tiny-w16').state_dict(), tmp_path / 'teacher.pth')
+    return root, src / 'person_detection_results_tiny.json'
+
+def test_coco_layout_one_epoch_and_evaluation(tmp_path, coco_tiny):
+    root, det = coco_layout(tmp_path, coco_tiny)
+    out = tmp_path / 'run'
+    assert main(['coco', '--data-root', str(root), '--student', 'tiny-w8', '--teacher', 'tiny-w16', '--teacher-weights',
+                 str(tmp_path / 'teacher.pth'), '--kd', 'adpd', '--epochs', '1', '--bs', '4', '--image-size', '64x48',
+                 '--det-file', str(det), '--eval-every', '1', '--no-bar', '--threads', '1', '--out', str(out)]) == 0
+    res = json.loads((out / 'results.json').read_text())
+    assert 0 <= res['metrics']['AP'] <= 1 and res['epochs'] == 1
+    dets = json.loads((out / 'keypoints_val_results.json').read_text())        # final evaluation on the detection boxes
+    assert dets and {d['image_id'] for d in dets} <= {d['image_id'] for d in json.loads(det.read_text())}
+    head, row = (out / 'log.csv').read_text().splitlines()
+    assert 'AP' in head.split(',') and (out / 'best.pth').exists()            # AP with GT boxes during training
+    assert json.loads((out / 'config.json').read_text())['image_size'] == '64x48'
+
+def test_mpii_layout_one_epoch_and_pckh(tmp_path, mpii_tiny):
+    src = mpii_tiny
+    root = tmp_path / 'mpii'
+    (root / 'annot').mkdir(parents=True)
+    for split in ('train', 'valid'): (root / 'annot' / f'{split}.json').symlink_to(src / 'mpii_tiny.json')
+    (root / 'images').symlink_to(src / 'images', target_is_directory=True)
+    out = tmp_path / 'run'
+    assert main(['mpii', '--data-root', str(root), '--student', 'tiny-w8', '--kd', 'none', '--epochs', '1', '--bs', '4',
+                 '--image-size', '64x64', '--no-bar', '--threads', '1', '--out', str(out)]) == 0
+    m = json.loads((out / 'results.json').read_text())['metrics']
+    assert 0 <= m['PCKh'] <= 100 and m['PCKh'] == m['Mean'] and {'Head', 'Shoulder', 'Ankle', 'Mean@0.1'} <= m.keys()
+
+# ---------------------------------------------------------------- clear errors
+def test_clear_errors(tmp_path, synth, capsys):
+    def err(args):
+        assert main(args) == 2
+        return capsys.readouterr().err
+    base = ['--student', 'tiny-w8', '--kd', 'none', '--epochs', '1', '--out', str(tmp_path / 'x')]
+    assert f'--data-root {tmp_path / "nope"}: no such folder' in err(['coco', '--data-root', str(tmp_path / 'nope'), *base])
+    (tmp_path / 'empty').mkdir()
+    assert 'person_keypoints_train2017.json: annotation file not found' in err(['coco', '--data-root', str(tmp_path / 'empty'), *base])
+    assert 'annot/train.json: annotation file not found' in err(['mpii', '--data-root', str(tmp_path / 'empty'), *base])
+    torch.save(build_model('tiny-w24').state_dict(), tmp_path / 'wide.pth')
+    e = err(coco_args(synth, tmp_path / 'y', '--teacher-weights', str(tmp_path / 'wide.pth')))
+    assert 'teacher checkpoint does not fit tiny-w16' in e and 'shape mismatch' in e
+    assert 'none.pth: no such file' in err(coco_args(synth, tmp_path / 'y', '--teacher-weights', str(tmp_path / 'none.pth')))
+    assert 'needs the trained teacher' in err(coco_args(synth, tmp_path / 'y', teacher_weights=False))
+    assert 'detection file not found' in err(coco_args(synth, tmp_path / 'y', '--det-file', str(tmp_path / 'dets.json')))
+    assert "model 'resnet_7'" in err(coco_args(synth, tmp_path / 'y', '--student', 'resnet_7', '--kd', 'none'))
+    assert not (tmp_path / 'y').exists() or not any((tmp_path / 'y').glob('**/checkpoint.pth'))
