@@ -470,9 +470,9 @@ def train_one(run_dir, config, make_dls, make_student, teacher=None, kd='none', 
     if rank_distrib() != 0: res = json.loads(done.read_text())
     return dict(res, model=model, learn=learn)
 
-# %% ../nbs/08_train.ipynb #389dc9bb
+# %% ../nbs/08_train.ipynb #0753ae24
 DEMO = dict(n_images=600, image_size='96x64', teacher='resnet_18-d64', student='timm:mobilenetv3_small_100-d32', teacher_epochs=24,
-            epochs=20, bs=32, lr=3e-3, kd='none,fpd,adpd')
+            epochs=12, bs=32, lr=3e-3, kd='none,fpd,adpd')
 QUICK = dict(n_images=16, image_size='64x48', teacher='tiny-w24', student='tiny-w8', teacher_epochs=1, epochs=1,
              bs=8, lr=2e-3, kd='none,fpd,adpd')
 
