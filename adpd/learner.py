@@ -74,7 +74,7 @@ def pose_learner(dls, model, loss_func=pose_loss, metrics=None, **kwargs) -> Lea
 class DistillCallback(Callback):
     "Distil a frozen `teacher` into the learner's model with `kd_loss(student, teacher, hm, tw)` on training batches."
     order = GradientAccumulation.order - 1
-    def __init__(self, teacher:nn.Module, kd_loss:nn.Module, resize=True, weight_lr=None):
+    def __init__(self, teacher:nn.Module, kd_loss:nn.Module, resize=True, weight_lr_mult=None):
         store_attr()
         self.sums, self.n = {}, 0
 
@@ -111,7 +111,8 @@ class DistillCallback(Callback):
         self.n += 1
 
     def before_step(self):
-        if self.weight_lr is not None: self.opt.hypers[-1]['lr'] = self.weight_lr
+        if self.weight_lr_mult is not None and self.wparams:   # the weight net's lr follows the student's schedule
+            self.opt.hypers[-1]['lr'] = self.opt.hypers[0]['lr'] * self.weight_lr_mult
         if num_distrib() > 1 and dist.is_initialized():
             for p in self.wparams:
                 if p.grad is not None: dist.all_reduce(p.grad); p.grad /= num_distrib()
@@ -128,17 +129,17 @@ class DistillCallback(Callback):
         return [mk(k) for k in getattr(self.kd_loss, 'names', ())]
 
 # %% ../nbs/05_learner.ipynb #b975201e
-KD_LOSSES = dict(adpd=lambda K, **kw: ADPDLoss(K, **kw), fpd=lambda K, T, thr, faithful, **kw: FPDLoss(**kw),
-                 kl=lambda K, thr, faithful, **kw: KLPoseLoss(**kw))
+KD_LOSSES = dict(adpd=lambda K, **kw: ADPDLoss(K, **kw), fpd=lambda K, T, thr, faithful, detach, **kw: FPDLoss(**kw),
+                 kl=lambda K, thr, faithful, detach, **kw: KLPoseLoss(**kw))
 
-def distill_learner(dls, student, teacher, kd='adpd', alpha=.5, T=1., thr=.5, weight_lr=None, resize=True,
+def distill_learner(dls, student, teacher, kd='adpd', alpha=.5, T=1., thr=.5, weight_lr_mult=None, resize=True, detach=True,
                     faithful=False, metrics=None, cbs=None, **learner_kwargs) -> Learner:
     "A fastai `Learner` that distils `teacher` into `student` with `kd` in ('adpd', 'fpd', 'kl', None: plain training)."
     if kd is None or kd == 'none': return pose_learner(dls, student, metrics=metrics, cbs=cbs, **learner_kwargs)
     if kd not in KD_LOSSES: raise ValueError(f"distill_learner: kd={kd!r}; choose one of {list(KD_LOSSES)} or None")
     K = dls.train.dataset.spec.K
-    kd_loss = KD_LOSSES[kd](K, T=T, thr=thr, faithful=faithful, alpha=alpha)
-    cb = DistillCallback(teacher, kd_loss, resize=resize, weight_lr=weight_lr)
+    kd_loss = KD_LOSSES[kd](K, T=T, thr=thr, faithful=faithful, detach=detach and not faithful, alpha=alpha)
+    cb = DistillCallback(teacher, kd_loss, resize=resize, weight_lr_mult=weight_lr_mult)
     wp = [p for p in kd_loss.parameters()]
     splitter = (lambda m: [params(m), wp]) if wp else learner_kwargs.pop('splitter', None)
     kw = dict(splitter=splitter) if splitter else {}

@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_losses.ipynb #797b039f
 from __future__ import annotations
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -224,11 +225,12 @@ def _sample_mean(x, ok):
     return (x * okf).sum(0) / okf.sum().clamp(min=1)
 
 class DistillLoss(nn.Module):
-    "Base of the KD losses: `(1 - alpha)·JointsMSE(student, target) + alpha·kd(student, teacher)`, summed over the outputs of a multi-output student."
-    names = ('pose', 'kd')
-    def __init__(self, alpha=.5, use_target_weight=True):
+    """Base of the KD losses: `(1 - alpha)·JointsMSE(student, target) + alpha·kd(student, teacher)`, summed over the outputs of a
+    multi-output student. With `track_grads`, `last['kd_grad']` is `alpha·|∂kd/∂s| / ((1 - alpha)·|∂pose/∂s|)` on the student's heatmaps."""
+    names = ('pose', 'kd', 'kd_grad')
+    def __init__(self, alpha=.5, use_target_weight=True, track_grads=True):
         super().__init__()
-        self.alpha, self.pose_loss, self.last = alpha, JointsMSELoss(use_target_weight), {}
+        self.alpha, self.pose_loss, self.last, self.track_grads = alpha, JointsMSELoss(use_target_weight), {}, track_grads
 
     def kd(self, student, teacher, target, tw):
         "KD loss (a scalar) and a dict of values to record, for one output; `tw (B, K)`."
@@ -248,9 +250,18 @@ class DistillLoss(nn.Module):
         for s in outs:
             _check(s, teacher, target, None, type(self).__name__)
             k, rec = self.kd(s, teacher, target, tw)
-            pose, kd = pose + self.pose_loss(s, target, tw), kd + k
-        self.last = dict(pose=pose.detach(), kd=kd.detach(), **{n: v.detach() for n, v in rec.items()})
+            p = self.pose_loss(s, target, tw)
+            pose, kd = pose + p, kd + k
+        ratio = self._grad_ratio(outs[-1], p, k) if self.track_grads else None
+        self.last = dict(pose=pose.detach(), kd=kd.detach(), **({} if ratio is None else dict(kd_grad=ratio)),
+                         **{n: v.detach() for n, v in rec.items()})
         return (1 - self.alpha) * pose + self.alpha * kd
+
+    def _grad_ratio(self, s, pose, kd):
+        "How much harder the KD term pulls the heatmaps `s` than the pose term: a ratio of gradient norms (None without a graph)."
+        if not (torch.is_grad_enabled() and s.requires_grad and torch.is_tensor(kd) and kd.requires_grad): return None
+        gp, gk = (torch.autograd.grad(x, s, retain_graph=True)[0] for x in (pose, kd))
+        return (self.alpha * gk.float().norm()) / ((1 - self.alpha) * gp.float().norm()).clamp(min=1e-30)
 
 class FPDLoss(DistillLoss):
     "Fast Pose Distillation: the KD term is the target-weighted MSE between student and teacher heatmaps."
@@ -258,7 +269,7 @@ class FPDLoss(DistillLoss):
 
 class KLPoseLoss(DistillLoss):
     "The classic KD: `T² KL(softmax(teacher/T) || softmax(student/T))` per joint, averaged over labelled joints and samples."
-    names = ('pose', 'kd', 'KL')
+    names = ('pose', 'kd', 'kd_grad', 'KL')
     def __init__(self, T=1., alpha=.5, use_target_weight=True):
         super().__init__(alpha, use_target_weight)
         self.T = T
@@ -268,19 +279,35 @@ class KLPoseLoss(DistillLoss):
         return kl, dict(KL=kl)
 
 class ADPDLoss(DistillLoss):
-    "ADPD: BiKD, KAD and NAD weighted per sample by a `WeightNet`: `sum_term mean_b(w·mean_k L - log w)`."
-    names = ('pose', 'kd', *TERMS, *(f'w_{n}' for n in TERMS))
-    def __init__(self, num_joints:int, T=1., thr=.5, alpha=.5, faithful=False, detach=False, hidden:int=None,
+    """ADPD: BiKD, KAD and NAD weighted per sample by a `WeightNet`: `sum_term mean_b(w·mean_k L - log w)`.
+    `bound` (default): the weights are normalised to mean 1 per sample (only their ratios adapt) and learn from the terms
+    relative to their mean, while the student sees the weights as constants; `faithful=True`: unbounded, as published."""
+    names = ('pose', 'kd', 'kd_grad', *TERMS, *(f'w_{n}' for n in TERMS))
+    def __init__(self, num_joints:int, T=1., thr=.5, alpha=.5, faithful=False, detach=None, bound=None, hidden:int=None,
                  use_target_weight=True):
         super().__init__(alpha, use_target_weight)
         self.T, self.thr = T, thr
-        self.weight_net = WeightNet(num_joints, hidden, faithful, detach)
+        self.bound = (not faithful) if bound is None else bound
+        self.weight_net = WeightNet(num_joints, hidden, faithful, (not faithful) if detach is None else detach)
+
+    def log_weights(self, z):
+        "Log weights `(B, 3)` from the weight net's outputs `z`: `log(3·softmax(z))` (mean 1 per sample) when bounded, else `z`."
+        return F.log_softmax(z, -1) + math.log(z.shape[-1]) if self.bound else z
+
+    def weights(self, student, teacher, terms):
+        "The weights `(B, 3)` this loss applies, from heatmaps `(B, K, H, W)` and the `(B, K)` terms."
+        return self.log_weights(self.weight_net.log_weights(student, teacher, terms)).exp()
 
     def kd(self, student, teacher, target, tw):
         terms = decoupled_kd(student, teacher, target, tw, self.T, self.thr)
-        z = self.weight_net.log_weights(student, teacher, terms)              # (B, 3)
-        L = torch.stack([joint_mean(terms[n], tw) for n in TERMS], -1)        # (B, 3)
+        lw = self.log_weights(self.weight_net.log_weights(student, teacher, terms))   # (B, 3)
+        L = torch.stack([joint_mean(terms[n], tw) for n in TERMS], -1)                # (B, 3)
         ok = (tw > 0).any(-1)
-        per_term = _sample_mean(z.exp() * L - z, ok)                           # (3,)
-        w, Lm = _sample_mean(z.exp(), ok), _sample_mean(L, ok)
-        return per_term.sum(), {**dict(zip(TERMS, Lm)), **{f'w_{n}': w[i] for i, n in enumerate(TERMS)}}
+        w = lw.exp()
+        per_sample = w * L - lw                                                         # the ADPD objective, as logged
+        if self.bound:   # same value; gradients: student ← w (constant)·∂L, weight net ← ∂w·L/mean(L) - ∂log w
+            Lr = (L / L.mean(-1, keepdim=True).clamp(min=1e-12)).detach()
+            per_sample = w.detach() * L + (w - w.detach()) * Lr - lw
+        per_term = _sample_mean(per_sample, ok)                                         # (3,)
+        wm, Lm = _sample_mean(w, ok), _sample_mean(L, ok)
+        return per_term.sum(), {**dict(zip(TERMS, Lm)), **{f'w_{n}': wm[i] for i, n in enumerate(TERMS)}}

@@ -17,9 +17,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 # %% auto #0
 __all__ = ['POSE_MODELS', 'init_pose_weights', 'joint_params', 'HRModule', 'PoseHRNet', 'pose_hrnet', 'deconv_layers',
-           'PoseResNet', 'pose_resnet', 'DeconvPoseNet', 'pose_torchvision', 'TimmPoseNet', 'pose_timm',
-           'HourglassResidual', 'Hourglass', 'PoseHourglass', 'pose_hourglass', 'last_heatmaps', 'create_pose_model',
-           'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'model_stats']
+           'PoseResNet', 'pose_resnet', 'DeconvPoseNet', 'pose_torchvision', 'TimmPoseNet', 'pose_timm', 'FPNPoseNet',
+           'pose_fpn', 'HourglassResidual', 'Hourglass', 'PoseHourglass', 'pose_hourglass', 'last_heatmaps',
+           'create_pose_model', 'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'model_stats']
 
 # %% ../nbs/03_models.ipynb #62363697
 def init_pose_weights(module):
@@ -152,11 +152,11 @@ class PoseResNet(nn.Module):
     def __init__(self, depth=50, num_joints=17, deconv_channels=(256, 256, 256), deconv_kernel=4):
         super().__init__()
         if depth not in (18, 34, 50, 101, 152): raise ValueError(f"PoseResNet: depth must be 18, 34, 50, 101 or 152, not {depth}")
-        net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+        net = getattr(torchvision.models, f'resnet{depth}')(weights=None, zero_init_residual=True)   # each block starts as identity
         for n in ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4'): setattr(self, n, getattr(net, n))
         self.deconv_layers = deconv_layers(net.fc.in_features, deconv_channels, deconv_kernel)
         self.final_layer = _joint_conv(nn.Conv2d(deconv_channels[-1], num_joints, 1))
-        init_pose_weights(self)
+        init_pose_weights(self.deconv_layers); init_pose_weights(self.final_layer)   # the backbone keeps torchvision's (kaiming) init
 
     def forward(self, x):
         _check_stride(self, x, 32)
@@ -232,6 +232,38 @@ class TimmPoseNet(DeconvPoseNet):
 def pose_timm(name, num_joints=17, **kwargs):
     "Any backbone `timm.create_model(name, features_only=True)` knows + deconv head."
     return TimmPoseNet(name, num_joints, **kwargs)
+
+# %% ../nbs/03_models.ipynb #7a99b0b9
+class FPNPoseNet(nn.Module):
+    """A timm backbone with an FPN-style head: every stage of stride >= 4 joins a top-down path through a 1×1 lateral conv,
+    so the stride-4 heatmaps `(B, K, H/4, W/4)` see fine detail and context; made for backbones trained from scratch."""
+    def __init__(self, name, num_joints=17, fpn_channels=64, **timm_kwargs):
+        super().__init__()
+        import timm
+        self.backbone = timm.create_model(name, features_only=True, **timm_kwargs)
+        info = self.backbone.feature_info
+        self.stages = [i for i, r in enumerate(info.reduction()) if r >= 4]
+        if not self.stages or info.reduction()[self.stages[0]] != 4:
+            raise ValueError(f"FPNPoseNet: timm model {name!r} has no stride-4 stage (strides {info.reduction()})")
+        self.backbone = timm.create_model(name, features_only=True, out_indices=self.stages, **timm_kwargs)
+        D = fpn_channels
+        self.lateral = nn.ModuleList(nn.Conv2d(c, D, 1) for c in self.backbone.feature_info.channels())
+        self.smooth = _conv_bn(D, D)
+        self.final_layer = init_pose_weights(_joint_conv(nn.Conv2d(D, num_joints, 1)))
+        self.timm_name, self.timm_kwargs = name, timm_kwargs
+
+    def forward(self, x):
+        fs = self.backbone(x)                                           # strides 4, 8, 16, ...
+        p = self.lateral[-1](fs[-1])
+        for f, lat in zip(fs[-2::-1], list(self.lateral)[-2::-1]):
+            p = F.interpolate(p, size=f.shape[-2:], mode='nearest') + lat(f)
+        return self.final_layer(self.smooth(p))
+
+    def imagenet_key(self, k): return 'backbone.' + k
+
+def pose_fpn(name, num_joints=17, **kwargs):
+    "Any timm backbone with a stride-4 stage + the FPN-style head (`fpn_channels` wide)."
+    return FPNPoseNet(name, num_joints, **kwargs)
 
 # %% ../nbs/03_models.ipynb #14a18bb2
 class HourglassResidual(nn.Module):
@@ -309,8 +341,9 @@ def create_pose_model(name, num_joints=17, pretrained=None, **kwargs):
     if not isinstance(num_joints, int) or num_joints < 1:
         raise ValueError(f"create_pose_model: num_joints must be a positive int, not {num_joints!r}")
     if name.startswith('timm:'): model = pose_timm(name[5:], num_joints, **kwargs)
+    elif name.startswith('fpn:'): model = pose_fpn(name[4:], num_joints, **kwargs)
     elif name in POSE_MODELS: model = POSE_MODELS[name](num_joints=num_joints, **kwargs)
-    else: raise ValueError(f"create_pose_model: unknown model {name!r}; known: {', '.join(POSE_MODELS)}, timm:<any timm model>")
+    else: raise ValueError(f"create_pose_model: unknown model {name!r}; known: {', '.join(POSE_MODELS)}, timm:<any timm model>, fpn:<timm model>")
     if pretrained is None or pretrained is False: return model
     if pretrained is True: raise ValueError("create_pose_model: nothing is downloaded; pass the path or state dict of local ImageNet or pose weights")
     sd = read_state_dict(pretrained)

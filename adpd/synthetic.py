@@ -14,7 +14,7 @@ try: import fcntl
 except ImportError: fcntl = None   # no build lock off POSIX
 
 # %% auto #0
-__all__ = ['SYNTHETIC_VERSION', 'MIN_AREA', 'MIN_VIS_FRAC', 'render_synthetic_image', 'make_synthetic_coco']
+__all__ = ['SYNTHETIC_VERSION', 'MIN_AREA', 'MIN_VIS_FRAC', 'LEVELS', 'render_synthetic_image', 'make_synthetic_coco']
 
 # %% ../nbs/01a_synthetic.ipynb #9aab24b2
 SYNTHETIC_VERSION = 1        # stored in the cache meta: a change to the generator invalidates old folders
@@ -48,6 +48,16 @@ def _hsv(rng, s=(.1, 1.), v=(.15, 1.)):
     return tuple(255. * np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s), rng.uniform(*v))))
 
 def _shade(c, f): return tuple(min(255., x * f) for x in c)
+
+_SIDE_TINTS = np.array([(235., 60., 40.), (40., 90., 235.)])   # the person's left limbs lean red, right limbs blue
+
+def _tint(c, side, k):
+    "Colour `c` blended a fraction `k` toward the tint of `side` (0: the person's left, 1: right); `c` itself when `k` is 0."
+    return c if not k else tuple((1 - k) * np.asarray(c, float) + k * _SIDE_TINTS[side])
+
+LEVELS = dict(
+    hard=dict(people=(.3, .3, .22, .18), height=(40, 240), clutter=True, occluders=(.3, .35, .25, .1), blur=.6, noise=14, side_tint=0., inside=False),
+    easy=dict(people=(1.,), height=(120, 200), clutter=False, occluders=(1.,), blur=0., noise=4, side_tint=.45, inside=True))
 
 # %% ../nbs/01a_synthetic.ipynb #ac8599a1
 def _rot(v, deg):
@@ -127,8 +137,8 @@ class _Canvas:
         cv2.ellipse(self.img, _P(c), ax, ang, a0, a1, col, -1, cv2.LINE_AA, _SH)
         if lab: cv2.ellipse(self.lab, _P(c), ax, ang, a0, a1, lab, -1, cv2.LINE_8, _SH)
 
-def _draw_person(cv, rng, J, g, base):
-    "Draw the figure with joints `J (17, 2)` and geometry `g` (from `_pose`, shifted); its labels are `base + part`."
+def _draw_person(cv, rng, J, g, base, side_tint=0.):
+    "Draw the figure with joints `J (17, 2)` and geometry `g` (from `_pose`, shifted); its labels are `base + part`; limbs tinted by side."
     H, d, u, cth, sth = g['H'], g['d'], g['u'], g['cth'], g['sth']
     skin, hair, shirt = _pick(rng, _SKINS, 8), _pick(rng, _HAIRS), _hsv(rng)
     trousers = _pick(rng, _TROUSERS, 15) if rng.random() < .6 else _hsv(rng, v=(.1, .8))
@@ -144,14 +154,15 @@ def _draw_person(cv, rng, J, g, base):
     for s in range(2):
         (sh, el, wr), (hp, kn, an) = ((5, 7, 9), (11, 13, 15)) if s == 0 else ((6, 8, 10), (12, 14, 16))
         za, zl = g['zlimb'][s], g['zlimb'][2 + s]
-        limb(za, J[sh], J[el], shirt, ta, _UARM_L + s)
-        limb(za + .001, J[el], J[wr], skin if short_sleeves else shirt, ta * .85, _FARM_L + s)
+        tn = lambda c, s=s: _tint(c, s, side_tint)
+        limb(za, J[sh], J[el], tn(shirt), ta, _UARM_L + s)
+        limb(za + .001, J[el], J[wr], tn(skin if short_sleeves else shirt), ta * .85, _FARM_L + s)
         hand = J[wr] + (J[wr] - J[el]) / (np.linalg.norm(J[wr] - J[el]) + 1e-6) * ta * .5
-        ops.append((za + .002, lambda c=hand, lab=base + _HAND_L + s: cv.circle(c, ta * .75, skin, lab)))
-        limb(zl, J[hp], J[kn], trousers, tl, _THIGH_L + s)
-        limb(zl + .001, J[kn], J[an], skin if shorts else trousers, tl * .8, _SHIN_L + s)
+        ops.append((za + .002, lambda c=hand, lab=base + _HAND_L + s, col=tn(skin): cv.circle(c, ta * .75, col, lab)))
+        limb(zl, J[hp], J[kn], tn(trousers), tl, _THIGH_L + s)
+        limb(zl + .001, J[kn], J[an], tn(skin if shorts else trousers), tl * .8, _SHIN_L + s)
         toe = J[an] + .05 * H * (.35 * d + .9 * g['forward'] + .1 * u * (1 - 2 * s) * np.sign(cth))
-        limb(zl + .002, J[an], toe, shoes, tl * .7, _FOOT_L + s)
+        limb(zl + .002, J[an], toe, tn(shoes), tl * .7, _FOOT_L + s)
     # torso: a quad around the shoulder-hip line, never thinner than a body is deep
     ms, mh = J[[5, 6]].mean(0), J[[11, 12]].mean(0)
     ws = max(abs(g['sw'] * cth) / 2 + ta / 2, .075 * H * abs(sth), ta)
@@ -182,14 +193,15 @@ def _draw_person(cv, rng, J, g, base):
     ops.append((.3, head))
     for _, draw in sorted(ops, key=lambda o: o[0]): draw()
 
-def _background(rng, w, h):
-    "A cluttered RGB background `(h, w, 3)`: gradient, smooth blobs, shapes and lines in skin and clothing colours."
+def _background(rng, w, h, clutter=True):
+    "An RGB background `(h, w, 3)`: a gradient; with `clutter`, smooth blobs, shapes and lines in skin and clothing colours."
     k = h / 256
     c0, c1 = np.array(_hsv(rng, s=(0, .6))), np.array(_hsv(rng, s=(0, .6)))
     horiz = rng.random() < .5
     t = np.linspace(0, 1, w if horiz else h, dtype=np.float32)
     grad = (c0 + (c1 - c0) * t[:, None]).astype(np.float32)
     grad = grad[None] if horiz else grad[:, None]
+    if not clutter: return np.ascontiguousarray(np.broadcast_to(np.clip(grad, 0, 255), (h, w, 3)).astype(np.uint8))
     small = rng.normal(0, rng.uniform(10, 45), (rng.integers(3, 9), rng.integers(3, 9), 3)).astype(np.float32)
     small = cv2.resize(small, (w // 8 + 1, h // 8 + 1), interpolation=cv2.INTER_CUBIC)   # smooth blobs, in two cheap steps
     img = np.clip(grad + cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
@@ -231,33 +243,48 @@ def _iou(a, b):
     i = iw * ih
     return i / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - i + 1e-9)
 
-def render_synthetic_image(seed, image_size=(320, 256)):
+def _level(level):
+    "The generator knobs of `level`: a name in `LEVELS` or a dict overriding the hard level's knobs."
+    if isinstance(level, dict):
+        bad = set(level) - set(LEVELS['hard'])
+        if bad: raise ValueError(f"synthetic level: unknown knobs {sorted(bad)}; known: {', '.join(LEVELS['hard'])}")
+        return {**LEVELS['hard'], **level}
+    if level not in LEVELS: raise ValueError(f"synthetic level {level!r}: choose one of {', '.join(LEVELS)} or a dict of knobs")
+    return LEVELS[level]
+
+def _choice(rng, p): return int(rng.choice(len(p), p=np.asarray(p) / np.sum(p)))
+
+def render_synthetic_image(seed, image_size=(320, 256), level='hard'):
     """One image `(h, w, 3)` uint8 RGB and its people, far to near: dicts with `keypoints (17, 3)` (x, y, v),
-    the visible `mask (h, w)`, `full_area` (pixels before occlusion) and `height`. `seed`: int, ints or a Generator."""
+    the visible `mask (h, w)`, `full_area` (pixels before occlusion) and `height`. `seed`: int, ints or a Generator;
+    `level`: a name in `LEVELS` or a dict of knobs."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    w, h = image_size
-    img, lab = _background(rng, w, h), np.zeros((h, w), np.uint8)
+    kn, (w, h) = _level(level), image_size
+    img, lab = _background(rng, w, h, kn['clutter']), np.zeros((h, w), np.uint8)
     cv = _Canvas(img, lab)
-    n = int(rng.choice([1, 2, 3, 4], p=[.3, .3, .22, .18]))
-    heights = np.sort(np.exp(rng.uniform(np.log(40), np.log(240), n))) * h / 256
-    occ_after = rng.integers(0, n, int(rng.choice([0, 1, 2, 3], p=[.3, .35, .25, .1])))   # occluder k follows person occ_after[k]
+    n = 1 + _choice(rng, kn['people'])
+    lo, hi = kn['height']
+    heights = np.sort(np.exp(rng.uniform(np.log(lo), np.log(hi), n))) * h / 256
+    occ_after = rng.integers(0, n, _choice(rng, kn['occluders']))   # occluder k follows person occ_after[k]
     people, boxes = [], []
     for p, H in enumerate(heights):
         J, g = _pose(rng, H)
         for _ in range(8):
-            shift = rng.uniform((.05 * w, .15 * h), (.95 * w, .85 * h)) - (J.min(0) + J.max(0)) / 2
+            half = (J.max(0) - J.min(0)) / 2 + 2
+            lo, hi = (half, np.maximum(half, (w, h) - half)) if kn['inside'] else ((.05 * w, .15 * h), (.95 * w, .85 * h))
+            shift = rng.uniform(lo, hi) - (J.min(0) + J.max(0)) / 2
             box = np.r_[J.min(0), J.max(0)] + np.r_[shift, shift]
             if all(_iou(box, o) < .45 for o in boxes): break
         boxes.append(box)
         J, g['head'] = J + shift, g['head'] + shift
         base = 1 + 16 * p
-        _draw_person(cv, rng, J, g, base)
+        _draw_person(cv, rng, J, g, base, kn['side_tint'])
         people.append(dict(J=J, g=g, H=H, full_area=int(np.count_nonzero((lab - np.uint8(base)) < 16))))
         for _ in range(int((occ_after == p).sum())):
             q = people[rng.integers(len(people))] if rng.random() < .7 else None
             _occluder(cv, rng, *((q['J'], q['H']) if q else ()))
-    if rng.random() < .6: img = cv2.GaussianBlur(img, (0, 0), rng.uniform(.3, 1.3))
-    a = int(rng.integers(2, 14))                                   # sensor noise: uniform in [-a, a], saturating
+    if rng.random() < kn['blur']: img = cv2.GaussianBlur(img, (0, 0), rng.uniform(.3, 1.3))
+    a = int(rng.integers(2, max(kn['noise'], 3)))                                   # sensor noise: uniform in [-a, a], saturating
     img = cv2.add(img, rng.integers(-a, a + 1, (h, w, 3), dtype=np.int8), dtype=cv2.CV_8U)
     who = np.where((lab == 0) | (lab == 255), 255, (lab.astype(np.int16) - 1) >> 4).astype(np.uint8)  # person index map
     out = []
@@ -329,7 +356,7 @@ def _coco_json(images, anns, params):
     info = dict(description=_DESC, **params)
     return json.dumps(dict(info=info, licenses=[], images=images, annotations=anns, categories=[cat]), separators=(',', ':'))
 
-def _render_all(root, n_images, seed, val_frac, w, h, params):
+def _render_all(root, n_images, seed, val_frac, w, h, params, level):
     "Render everything under `root` in the final layout."
     n_val = int(round(n_images * val_frac))
     val = set(np.random.default_rng(seed).permutation(n_images)[:n_val].tolist())
@@ -339,7 +366,7 @@ def _render_all(root, n_images, seed, val_frac, w, h, params):
     for i in range(n_images):
         s, iid = ('val' if i in val else 'train'), i + 1
         rng = np.random.default_rng([seed, i])
-        img, people = render_synthetic_image(rng, (w, h))
+        img, people = render_synthetic_image(rng, (w, h), level)
         name = f'{iid:06d}.jpg'
         ok, buf = cv2.imencode('.jpg', img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))])
         buf.tofile(str(lay[s][1] / name))
@@ -349,15 +376,17 @@ def _render_all(root, n_images, seed, val_frac, w, h, params):
             if a: anns[s].append(dict(id=iid * 10 + k, image_id=iid, category_id=1, iscrowd=0, **a))
     for s in lay: lay[s][0].write_text(_coco_json(images[s], anns[s], params))
 
-def make_synthetic_coco(path, n_images=300, seed=0, val_frac=0.2, image_size=(320, 256), force=False) -> dict:
-    "Write (or find cached) a synthetic COCO person-keypoint dataset in `path`; `dict(train=(ann_file, img_dir), val=...)`."
+def make_synthetic_coco(path, n_images=300, seed=0, val_frac=0.2, image_size=(320, 256), level='hard', force=False) -> dict:
+    "Write (or find cached) a synthetic COCO person-keypoint dataset of difficulty `level` in `path`; `dict(train=(ann_file, img_dir), val=...)`."
     path = Path(path)
     w, h = (int(v) for v in image_size)
     if int(n_images) != n_images or n_images < 1: raise ValueError(f"make_synthetic_coco: n_images must be a positive int, got {n_images!r}")
     if int(seed) != seed or seed < 0: raise ValueError(f"make_synthetic_coco: seed must be an int >= 0, got {seed!r}")
     if not 0 <= val_frac < 1: raise ValueError(f"make_synthetic_coco: val_frac must be in [0, 1), got {val_frac!r}")
     if w < 64 or h < 64: raise ValueError(f"make_synthetic_coco: image_size (w, h) must be at least 64x64, got {image_size!r}")
-    params = dict(version=SYNTHETIC_VERSION, n_images=int(n_images), seed=int(seed), val_frac=float(val_frac), image_size=[w, h])
+    kn = _level(level)
+    params = dict(version=SYNTHETIC_VERSION, n_images=int(n_images), seed=int(seed), val_frac=float(val_frac), image_size=[w, h],
+                  level=level if isinstance(level, str) else 'custom', knobs=json.loads(json.dumps(kn)))
     lay, meta = _layout(path), path / _META
     done = lambda: _read_meta(meta) == params and all(a.is_file() and d.is_dir() for a, d in lay.values())
     if not force and done(): return lay
@@ -372,7 +401,7 @@ def make_synthetic_coco(path, n_images=300, seed=0, val_frac=0.2, image_size=(32
         for old in path.glob('.build-*'): shutil.rmtree(old, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix='.build-', dir=path))
         try:
-            _render_all(tmp, int(n_images), int(seed), float(val_frac), w, h, params)
+            _render_all(tmp, int(n_images), int(seed), float(val_frac), w, h, params, kn)
             (path / _PARTIAL).touch()
             meta.unlink(missing_ok=True)
             for (a, d), (ta, td) in zip(lay.values(), _layout(tmp).values()):

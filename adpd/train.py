@@ -26,17 +26,18 @@ from fastai.torch_core import set_seed, rank_distrib, num_distrib
 from fastai.distributed import DistributedDL
 from .data import CocoKeypoints, MPIIKeypoints, pose_dls
 from .synthetic import make_synthetic_coco
-from .models import create_pose_model, load_pose_checkpoint
+from .models import create_pose_model, load_pose_checkpoint, model_stats
 from .learner import pose_learner, distill_learner
 from .evaluate import coco_evaluate, predict_keypoints, pckh
 from .testing import TinyPoseNet
 
 # %% auto #0
-__all__ = ['COCO_PRESETS', 'MPII_PRESETS', 'PAPER', 'MPII_GROUPS', 'DEMO', 'QUICK', 'DEMO_COLS', 'TrainError', 'atomic_write',
-           'atomic_save', 'atomic_write_text', 'clean_tmp', 'load_checkpoint', 'rng_state', 'set_rng_state',
-           'build_model', 'n_params', 'digest', 'open_run', 'StepLR', 'schedule_cb', 'unwrap', 'EvalCallback',
-           'RunCheckpoint', 'RunLog', 'start_at', 'maybe_distrib', 'fit_run', 'init_distributed', 'coco_split',
-           'mpii_split', 'parse_size', 'mpii_groups', 'paper_adam', 'train_one', 'plot_curves', 'run_demo',
+__all__ = ['COCO_PRESETS', 'MPII_PRESETS', 'PAPER', 'MPII_GROUPS', 'BENCH', 'SHIPPED', 'WEIGHTS', 'DEMO', 'QUICK', 'DEMO_COLS',
+           'TrainError', 'atomic_write', 'atomic_save', 'atomic_write_text', 'clean_tmp', 'load_checkpoint',
+           'rng_state', 'set_rng_state', 'build_model', 'n_params', 'digest', 'open_run', 'StepLR', 'schedule_cb',
+           'unwrap', 'EvalCallback', 'RunCheckpoint', 'RunLog', 'start_at', 'maybe_distrib', 'fit_run',
+           'init_distributed', 'coco_split', 'mpii_split', 'parse_size', 'mpii_groups', 'paper_adam', 'train_one',
+           'bench_data', 'sha256', 'ship_weights', 'shipped_model', 'plot_curves', 'kd_summary', 'run_demo',
            'run_recipe', 'make_parser', 'main']
 
 # %% ../nbs/08_train.ipynb #66ee2498
@@ -128,7 +129,7 @@ def build_model(name:str, num_joints:int=17) -> nn.Module:
     kw = {}
     if d:
         if base.startswith(('hrnet', 'hourglass')): raise TrainError(f"model {name!r}: {base} has no deconv head to resize (-d{d})")
-        kw['deconv_channels'] = (int(d),) * 3 if base.startswith('resnet_') else int(d)
+        kw['fpn_channels' if base.startswith('fpn:') else 'deconv_channels'] = (int(d),) * 3 if base.startswith('resnet_') else int(d)
     try: return create_pose_model(base, num_joints, **kw)
     except ValueError as e: raise TrainError(f"model {name!r}: {e}; or tiny, tiny-w<N>, and -d<N> for a narrower deconv head") from None
 
@@ -415,7 +416,7 @@ def _epoch_line(learn):
     return lambda vals: _say('  ' + '  '.join(f'{n} {fmt(v)}' for n, v in zip(learn.recorder.metric_names, vals)))
 
 def train_one(run_dir, config, make_dls, make_student, teacher=None, kd='none', *, epochs, lr, schedule='step', milestones=(),
-              gamma=.1, seed=0, alpha=.5, T=1., thr=.5, weight_lr=None, faithful=False, precision='fp32', resume=False,
+              gamma=.1, seed=0, alpha=.5, T=1., thr=.5, weight_lr=None, detach=True, faithful=False, precision='fp32', resume=False,
               stop_after=None, evaluate=None, eval_every=0, eval_names=('AP', 'AP50'), bar=True, name='') -> dict:
     "Train (or resume, or read back) the run in `run_dir`; its results dict (metrics, time, params, stopped)."
     run_dir = Path(run_dir).expanduser().absolute()
@@ -433,7 +434,8 @@ def train_one(run_dir, config, make_dls, make_student, teacher=None, kd='none', 
     student = make_student()
     init = digest(student.state_dict().values())
     kdn = None if kd in (None, 'none') else kd
-    learn = distill_learner(dls, student, teacher, kd=kdn, alpha=alpha, T=T, thr=thr, weight_lr=weight_lr, faithful=faithful,
+    learn = distill_learner(dls, student, teacher, kd=kdn, alpha=alpha, T=T, thr=thr, weight_lr_mult=weight_lr and weight_lr / lr,
+                            detach=detach, faithful=faithful,
                             opt_func=paper_adam, lr=lr, path=run_dir, model_dir='.')
     w0 = digest(learn.distiller.kd_loss.parameters()) if hasattr(learn, 'distiller') else None
     if precision == 'fp16': learn.to_fp16()
@@ -470,11 +472,69 @@ def train_one(run_dir, config, make_dls, make_student, teacher=None, kd='none', 
     if rank_distrib() != 0: res = json.loads(done.read_text())
     return dict(res, model=model, learn=learn)
 
-# %% ../nbs/08_train.ipynb #0753ae24
-DEMO = dict(n_images=600, image_size='96x64', teacher='resnet_18-d64', student='timm:mobilenetv3_small_100-d32', teacher_epochs=24,
-            epochs=12, bs=32, lr=3e-3, kd='none,fpd,adpd')
-QUICK = dict(n_images=16, image_size='64x48', teacher='tiny-w24', student='tiny-w8', teacher_epochs=1, epochs=1,
-             bs=8, lr=2e-3, kd='none,fpd,adpd')
+# %% ../nbs/08_train.ipynb #141117d1
+BENCH = dict(level='easy', n_images=3000, data_seed=0, val_frac=.1, image_size='128x96')
+
+def bench_data(root='~/.cache/adpd/synthetic', n_images=None, quiet=False):
+    "The demo's benchmark (`BENCH`, easy synthetic people): `(train, valid)` datasets, built and cached under `root` once."
+    n = n_images or BENCH['n_images']
+    d = Path(root).expanduser() / f"{BENCH['level']}-n{n}-seed{BENCH['data_seed']}"
+    t = time.time()
+    if rank_distrib() == 0: make_synthetic_coco(d, n_images=n, seed=BENCH['data_seed'], val_frac=BENCH['val_frac'], level=BENCH['level'])
+    _barrier()
+    splits = make_synthetic_coco(d, n_images=n, seed=BENCH['data_seed'], val_frac=BENCH['val_frac'], level=BENCH['level'])
+    if not quiet: _say(f"synthetic data ({BENCH['level']}): {n} images in {d} ({time.time() - t:.1f}s)")
+    w, h = parse_size(BENCH['image_size'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')        # counted skips (people with no labelled joint) are expected here
+        tr = CocoKeypoints(*splits['train'], image_size=(w, h), heatmap_size=(w // 4, h // 4))
+        va = CocoKeypoints(*splits['val'], train=False, image_size=(w, h), heatmap_size=(w // 4, h // 4))
+    return tr, va
+
+# %% ../nbs/08_train.ipynb #2d8cfa7b
+SHIPPED = dict(teacher=dict(model='fpn:resnet10t-d64', epochs=90, lr=5e-3, bs=32),
+               student=dict(model='fpn:mobilenetv3_small_050-d32', epochs=30, lr=5e-3, bs=32))
+WEIGHTS = Path(__file__).parent / 'weights'
+
+def sha256(path) -> str:
+    "The sha256 hex digest of the file `path`."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
+
+def ship_weights(model, name, role, meta, log=None, folder=WEIGHTS) -> dict:
+    "Write `model`'s weights in fp16 as `folder/{role}.pth`, and `{role}.json` (its `name`, `meta`, sha256), `{role}_log.csv`."
+    folder = Path(folder)
+    sd = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in model.state_dict().items()}
+    f = atomic_save(sd, folder / f'{role}.pth')
+    os.chmod(f, 0o644)                                       # package data: readable by everyone, like the rest of the package
+    info = dict(role=role, model=name, file=f.name, sha256=sha256(f), bytes=f.stat().st_size, storage='fp16', **meta)
+    atomic_write_text(folder / f'{role}.json', json.dumps(info, indent=1))
+    if log is not None and Path(log).is_file(): atomic_write_text(folder / f'{role}_log.csv', Path(log).read_text())
+    for g in folder.glob(f'{role}*'): os.chmod(g, 0o644)
+    return info
+
+def shipped_model(role='teacher', folder=WEIGHTS) -> nn.Module:
+    "The model the package ships for the demo (`role`: 'teacher' or 'student'), its sha256 checked, in float32 and eval mode; `.shipped` holds its record."
+    folder = Path(folder)
+    fj, fw = folder / f'{role}.json', folder / f'{role}.pth'
+    if not fj.is_file() or not fw.is_file():
+        raise TrainError(f"{fj if not fj.is_file() else fw}: no shipped {role}; train it with `adpd_train demo --train-{role}`")
+    try: info = json.loads(fj.read_text())
+    except ValueError as e: raise TrainError(f"{fj}: unreadable ({e})") from None
+    got = sha256(fw)
+    if got != info.get('sha256'):
+        raise TrainError(f"{fw}: sha256 {got[:16]}… does not match {info.get('sha256', '?')[:16]}… recorded in {fj.name}: the file is "
+                         f"corrupt or was replaced; reinstall the package or regenerate it with `adpd_train demo --train-{role}`")
+    m = build_model(info['model'])
+    m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_checkpoint(fw).items()})
+    m.shipped = info
+    return m.eval()
+
+# %% ../nbs/08_train.ipynb #f3f3914a
+DEMO = dict(epochs=2, bs=32, lr=5e-4, kd='none,fpd,kl,adpd', seeds='0,1,2', n_images=BENCH['n_images'], teacher_epochs=None)
+QUICK = dict(epochs=1, bs=8, lr=5e-4, kd='none,fpd,kl,adpd', seeds='0,1', n_images=16, teacher_epochs=None)
 
 def _table(rows, cols):
     "A markdown table of dicts `rows` (columns `cols`: (header, key, format))."
@@ -483,8 +543,14 @@ def _table(rows, cols):
     return '\n'.join(out)
 
 DEMO_COLS = [('run', 'name', '{}'), ('model', 'model', '{}'), ('params (M)', 'params_m', '{:.2f}'), ('epochs', 'epochs', '{}'),
-             ('AP', 'AP', '{:.3f}'), ('AP50', 'AP50', '{:.3f}'), ('AP75', 'AP75', '{:.3f}'), ('PCK', 'pck', '{:.3f}'),
-             ('train time (s)', 'train_time', '{:.1f}')]
+             ('speed-up (b1 / b32)', 'speedup', '{}'), ('AP', 'AP_s', '{}'), ('AP50', 'AP50_s', '{}'), ('PCK', 'pck_s', '{}'),
+             ('seeds', 'n', '{}')]
+
+def _mean_std(xs, f='{:.3f}'):
+    "`mean ± std` (sample std) of the numbers in `xs`, the mean formatted by `f`, the std without a sign."
+    xs = [x for x in xs if x is not None]
+    if not xs: return ''
+    return f.format(np.mean(xs)) + (' ± ' + f.replace('+', '').format(np.std(xs, ddof=1)) if len(xs) > 1 else '')
 
 def plot_curves(runs, fname):
     "Training curves (train pose loss, valid loss, PCK per epoch) of `runs`: `{label: log.csv path}`; saved to `fname`."
@@ -507,67 +573,137 @@ def plot_curves(runs, fname):
     plt.close(fig)
     return fname
 
+_KD_COLS = ('train_kd', 'kd_grad', 'w_BiKD', 'w_KAD', 'w_NAD')
+
+def kd_summary(logs) -> str:
+    "What the ADPD runs' `logs` (log.csv files) recorded: the range of the epoch-mean weights, of the KD loss and of `kd_grad`."
+    rows = [r for f in logs if Path(f).is_file() for r in csv.DictReader(io.StringIO(Path(f).read_text()))]
+    get = lambda *ks: [float(r[k]) for r in rows for k in ks if r.get(k) not in (None, '', 'None', 'nan')]
+    w, kd, g = get('w_BiKD', 'w_KAD', 'w_NAD'), get('train_kd'), get('kd_grad')
+    if not (w and kd): return ''
+    return (f"weights {min(w):.3g}–{max(w):.3g}, KD loss {min(kd):.3g}–{max(kd):.3g}"
+            + (f", KD/pose gradient ratio {min(g):.3g}–{max(g):.3g}" if g else '') + f" (epoch means, {len(rows)} epochs)")
+
+def _speed(model, input_size):
+    "Latency (ms per crop) at batch 1 and 32 on this machine: the median of several timed forward passes."
+    res = {}
+    for bs in (1, 32):
+        ts = [model_stats(model, input_size, bs, n_runs=3, warmup=1)['latency_ms'] for _ in range(5 if bs == 1 else 2)]
+        res[bs] = float(np.median(ts))
+    return res
+
+# %% ../nbs/08_train.ipynb #b6045f75
+def _train_shipped(a, role, tr, va):
+    "Train the `role` model of `SHIPPED` from scratch on the benchmark with `train_one`, then ship it (fp16) and record its AP."
+    r = SHIPPED[role]
+    epochs = a.teacher_epochs or r['epochs']
+    cfg = dict(cmd='demo', role=role, model=r['model'], epochs=epochs, lr=r['lr'], bs=r['bs'], seed=a.seed, schedule='onecycle', **BENCH)
+    dls = lambda: pose_dls(tr, va, bs=r['bs'], num_workers=a.workers, device=a.device)
+    run = Path(a.out) / role
+    res = train_one(run, cfg, dls, lambda: build_model(r['model']), epochs=epochs, lr=r['lr'], schedule='onecycle', seed=a.seed,
+                    resume=a.resume, stop_after=a.stop_after, bar=not a.no_bar, name=role)
+    if res['stopped'] or rank_distrib() != 0: return res
+    hw = f"{os.cpu_count()} CPU cores, torch {torch.__version__}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    meta = dict(config=cfg, train_time_s=res['train_time'], hardware=hw, params=res['params'], trained=time.strftime('%Y-%m-%d'))
+    info = ship_weights(res['model'], r['model'], role, meta, run / 'log.csv', a.weights_dir)
+    m = shipped_model(role, a.weights_dir)            # what users get: the fp16-stored weights, read back
+    info['metrics'] = {k: round(v, 4) for k, v in coco_evaluate(m, va, flip=True, bs=64).items()}
+    atomic_write_text(Path(a.weights_dir) / f'{role}.json', json.dumps(info, indent=1))
+    _say(f"shipped {role} {r['model']}: AP {info['metrics']['AP']:.3f} → {Path(a.weights_dir) / (role + '.pth')} "
+         f"({info['bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]}…)")
+    return res
+
 def run_demo(a) -> list:
-    "The `demo` subcommand: teacher, then the student without KD and with each KD of `a.kd`; the table rows."
+    "The `demo` subcommand: the shipped teacher, then the shipped student fine-tuned with each KD of `a.kd` over `a.seeds`; the table rows."
     t0 = time.time()
     out = Path(a.out).expanduser()
+    if a.train_teacher or a.train_student:
+        tr, va = bench_data(a.data_root)
+        for role in ('teacher', 'student'):
+            if getattr(a, f'train_{role}'): _train_shipped(a, role, tr, va)
+        return []
     kds = [k.strip() for k in a.kd.split(',') if k.strip()]
     bad = [k for k in kds if k not in ('none', 'fpd', 'kl', 'adpd')]
     if bad: raise TrainError(f"--kd {a.kd}: unknown {bad}; choose from none, fpd, kl, adpd")
-    w, h = parse_size(a.image_size)
-    config = dict(cmd='demo', n_images=a.n_images, data_seed=a.data_seed, image_size=a.image_size, teacher=a.teacher,
-                  student=a.student, teacher_epochs=a.teacher_epochs, epochs=a.epochs, bs=a.bs, lr=a.lr, kd=kds, seed=a.seed,
-                  alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr, schedule=a.schedule, precision=a.precision)
+    try: seeds = [int(x) for x in str(a.seeds).split(',') if x.strip()]
+    except ValueError: raise TrainError(f"--seeds {a.seeds}: write seeds as comma-separated ints, e.g. 0,1,2") from None
+    teacher, base = shipped_model('teacher', a.weights_dir), shipped_model('student', a.weights_dir)
+    config = dict(cmd='demo', bench=BENCH, n_images=a.n_images, teacher=teacher.shipped['sha256'], student=base.shipped['sha256'],
+                  epochs=a.epochs, bs=a.bs, lr=a.lr, kd=kds, seeds=seeds, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr,
+                  detach=a.detach, faithful=a.faithful, precision=a.precision)
     open_run(out, config, a.resume)
     _barrier()
-    data_dir = Path(a.data_root).expanduser() / f'n{a.n_images}-seed{a.data_seed}'
-    if rank_distrib() == 0:
-        t = time.time()
-        splits = make_synthetic_coco(data_dir, n_images=a.n_images, seed=a.data_seed)
-        _say(f"synthetic data: {a.n_images} images in {data_dir} ({time.time() - t:.1f}s)")
-    _barrier()
-    splits = make_synthetic_coco(data_dir, n_images=a.n_images, seed=a.data_seed)
-    hm = (w // 4, h // 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')        # counted skips (people with no labelled joint) are expected here
-        tr = CocoKeypoints(*splits['train'], image_size=(w, h), heatmap_size=hm)
-        va = CocoKeypoints(*splits['val'], train=False, image_size=(w, h), heatmap_size=hm)
-    dev = a.device
-    make_dls = lambda: pose_dls(tr, va, bs=a.bs, num_workers=a.workers, device=dev)
+    tr, va = bench_data(a.data_root, a.n_images)
+    w, h = parse_size(BENCH['image_size'])
     evaluate = lambda m: coco_evaluate(m, va, flip=True, bs=64)
-    common = dict(lr=a.lr, schedule=a.schedule, seed=a.seed, precision=a.precision, resume=a.resume, stop_after=a.stop_after,
-                  evaluate=evaluate, bar=not a.no_bar, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr)
-    base = {k: config[k] for k in ('n_images', 'data_seed', 'image_size', 'bs', 'lr', 'seed', 'schedule', 'precision')}
-    tcfg = dict(base, role='teacher', model=a.teacher, epochs=a.teacher_epochs)
-    rt = train_one(out / 'teacher', tcfg, make_dls, lambda: build_model(a.teacher), epochs=a.teacher_epochs, name='teacher', **common)
-    rows, logs = [dict(rt, name='teacher', model=a.teacher)], {f'teacher ({a.teacher})': out / 'teacher' / 'log.csv'}
-    if not rt['stopped']:
-        teacher = rt['model']
+    t = time.time()
+    def score(m):
+        "COCO metrics and PCK of `m` on the validation people."
+        learn = pose_learner(pose_dls(tr, va, bs=64, device=a.device), m)
+        with (contextlib.nullcontext() if not a.no_bar else learn.no_bar()): pck = learn.validate()[1]
+        return dict(evaluate(m), pck=pck)
+    tres, bres = score(teacher), score(base)
+    speed = {n: _speed(m, (w, h)) for n, m in (('teacher', teacher), ('student', base))}
+    _say(f"teacher {teacher.shipped['model']}: AP {tres['AP']:.3f}; student as shipped: AP {bres['AP']:.3f} "
+         f"({time.time() - t:.1f}s, with the speed measurement)")
+    init = base.state_dict()
+    def make_student():
+        m = build_model(base.shipped['model']); m.load_state_dict(init); return m
+    common = dict(epochs=a.epochs, lr=a.lr, schedule='onecycle', precision=a.precision, resume=a.resume, stop_after=a.stop_after,
+                  evaluate=evaluate, bar=not a.no_bar, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr, detach=a.detach,
+                  faithful=a.faithful)
+    per_seed, logs, runs = [], {}, []
+    for seed in seeds:
         for kd in kds:
-            scfg = dict(base, role='student', model=a.student, epochs=a.epochs, kd=kd, teacher=tcfg,
-                        **({} if kd == 'none' else dict(alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr)))
-            label = 'student' if kd == 'none' else f'student + {kd.upper()}'
-            r = train_one(out / f'student-{kd}', scfg, make_dls, lambda: build_model(a.student), teacher=teacher, kd=kd,
-                          epochs=a.epochs, name=label, **common)
-            rows.append(dict(r, name=label, model=a.student))
-            logs[label] = out / f'student-{kd}' / 'log.csv'
-            if r['stopped']: break
-    if any(r['stopped'] for r in rows): return rows
-    for r in rows: r.update(r.get('metrics', {}), params_m=r['params'] / 1e6, pck=(r['history'] or [{}])[-1].get('pck'))
-    if rank_distrib() == 0:
-        wall = time.time() - t0
-        table = _table(rows, DEMO_COLS)
-        keep = ['name', 'model', 'params', 'epochs', 'kd', 'AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'pck', 'train_time', 'eval_time']
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, keep, extrasaction='ignore'); wr.writeheader(); wr.writerows(rows)
-        atomic_write_text(out / 'results.csv', buf.getvalue())
-        note = (f"\n\nsynthetic COCO: {a.n_images} images (data seed {a.data_seed}), {len(tr)} training / {len(va)} validation people, "
-                f"input {a.image_size}; seed {a.seed}; torch threads {torch.get_num_threads()}; wall time {wall:.0f}s\n")
-        atomic_write_text(out / 'results.md', table + note)
-        if all(f.is_file() for f in logs.values()): plot_curves(logs, out / 'curves.png')
-        print('\n' + table + note.rstrip(), flush=True)
-        print(f"written: {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}", flush=True)
-    return rows
+            label = 'student, no KD' if kd == 'none' else f'student + {kd.upper()}'
+            scfg = dict(config, seed=seed, kd=kd)
+            run = out / f'seed{seed}' / f'student-{kd}'
+            r = train_one(run, scfg, lambda: pose_dls(tr, va, bs=a.bs, num_workers=a.workers, device=a.device), make_student,
+                          teacher=teacher, kd=kd, seed=seed, name=f'{label} (seed {seed})', **common)
+            if r['stopped']: return per_seed
+            last = (r['history'] or [{}])[-1]
+            per_seed.append(dict(r.get('metrics', {}), name=label, kd=kd, seed=seed, pck=last.get('pck'), train_time=r['train_time'],
+                                 model=base.shipped['model'], params=r['params'], **{k: v for k, v in last.items() if k in _KD_COLS}))
+            runs.append(run)
+            if seed == seeds[0]: logs[label] = run / 'log.csv'
+    if rank_distrib() != 0: return per_seed
+    tname, sname = teacher.shipped['model'], base.shipped['model']
+    sp = lambda n: f"{speed['teacher'][1] / speed[n][1]:.1f}× / {speed['teacher'][32] / speed[n][32]:.1f}×"
+    te, se = teacher.shipped['config']['epochs'], base.shipped['config']['epochs']
+    fixed = lambda r: dict(AP_s=f"{r['AP']:.3f}", AP50_s=f"{r['AP50']:.3f}", pck_s=f"{r['pck']:.3f}", n='')
+    rows = [dict(name='teacher (shipped)', model=tname, params_m=n_params(teacher) / 1e6, epochs=te, speedup=sp('teacher'), **fixed(tres)),
+            dict(name='student (shipped, before fine-tuning)', model=sname, params_m=n_params(base) / 1e6, epochs=se,
+                 speedup=sp('student'), **fixed(bres))]
+    for kd in kds:
+        rs = [r for r in per_seed if r['kd'] == kd]
+        rows.append(dict(name=rs[0]['name'], model=sname, params_m=rs[0]['params'] / 1e6, epochs=f'{se} + {a.epochs}', speedup=sp('student'),
+                         AP_s=_mean_std([r.get('AP') for r in rs]), AP50_s=_mean_std([r.get('AP50') for r in rs]),
+                         pck_s=_mean_std([r['pck'] for r in rs]), n=len(rs)))
+    diffs = []
+    for x, y in (('adpd', 'none'), ('adpd', 'fpd'), ('adpd', 'kl'), ('fpd', 'none'), ('kl', 'none')):
+        if x in kds and y in kds:
+            d = [p['AP'] - q['AP'] for p in per_seed for q in per_seed if p['kd'] == x and q['kd'] == y and p['seed'] == q['seed']]
+            diffs.append(f"{x.upper()} − {'no KD' if y == 'none' else y.upper()}: AP {_mean_std(d, '{:+.3f}')} (paired over {len(d)} seeds)")
+    wall = time.time() - t0
+    table = _table(rows, DEMO_COLS)
+    kd_note = kd_summary([f / 'log.csv' for f in runs if f.name == 'student-adpd'])
+    note = (f"\n\nmean ± std over seeds {', '.join(map(str, seeds))} (same init: the shipped student; same batches per seed); "
+            f"paired differences: " + '; '.join(diffs) + f".\nbenchmark: synthetic COCO ({BENCH['level']}), {len(tr)} training / "
+            f"{len(va)} validation people, input {BENCH['image_size']}, COCO AP with flip test; speed-up: teacher latency / student "
+            f"latency per crop at batch 1 / 32 (teacher {speed['teacher'][1]:.1f} / {speed['teacher'][32]:.2f} ms, student "
+            f"{speed['student'][1]:.1f} / {speed['student'][32]:.2f} ms; {torch.get_num_threads()} torch threads on {os.cpu_count()} cores); "
+            f"wall time {wall:.0f}s\n" + (f"ADPD, over every epoch of every seed: {kd_note}\n" if kd_note else ''))
+    keep = ['name', 'kd', 'seed', 'model', 'params', 'AP', 'AP50', 'AP75', 'APm', 'AR', 'pck', 'train_time', *_KD_COLS]
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, keep, extrasaction='ignore'); wr.writeheader()
+    wr.writerow(dict(tres, name='teacher (shipped)', kd='', seed='', model=tname, params=n_params(teacher)))
+    wr.writerow(dict(bres, name='student (shipped)', kd='', seed='', model=sname, params=n_params(base))); wr.writerows(per_seed)
+    atomic_write_text(out / 'results.csv', buf.getvalue())
+    atomic_write_text(out / 'results.md', table + note)
+    if all(f.is_file() for f in logs.values()): plot_curves(logs, out / 'curves.png')
+    print('\n' + table + note.rstrip(), flush=True)
+    print(f"written: {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}", flush=True)
+    return per_seed
 
 # %% ../nbs/08_train.ipynb #ea00b9e0
 def _load_teacher(a, K):
@@ -636,7 +772,7 @@ def run_recipe(a, dataset='coco') -> dict:
     res = train_one(a.out, config, lambda: pose_dls(tr, va, bs=a.bs, num_workers=a.workers, device=a.device),
                     _student_maker(a, K), teacher=teacher, kd=a.kd, epochs=a.epochs, lr=a.lr, schedule='step',
                     milestones=steps, gamma=a.lr_factor, seed=a.seed, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr,
-                    faithful=a.faithful, precision=a.precision, resume=a.resume, stop_after=a.stop_after,
+                    detach=a.detach, faithful=a.faithful, precision=a.precision, resume=a.resume, stop_after=a.stop_after,
                     evaluate=final, eval_every=a.eval_every, eval_names=names, bar=not a.no_bar, name=label)
     if not res['stopped'] and rank_distrib() == 0:
         m = res.get('metrics', {})
@@ -660,8 +796,12 @@ def _common(p, paper=None):
     k.add_argument('--alpha', type=float, default=.5, help='weight of the KD loss: (1-alpha)·MSE + alpha·KD')
     k.add_argument('--T', type=float, default=1., help='softmax temperature of the heatmaps')
     k.add_argument('--thr', type=float, default=.5, help='keypoint-area threshold on the target heatmap')
-    k.add_argument('--weight-lr', type=float, help='learning rate of the ADPD weight net (default: the student\'s)')
-    k.add_argument('--faithful', action='store_true', help='the published weight net (both linear layers zero-initialised)')
+    k.add_argument('--weight-lr', type=float, help='peak learning rate of the ADPD weight net (default: the student\'s); it follows the student\'s schedule')
+    k.add_argument('--detach', action=argparse.BooleanOptionalAction, default=True,
+                   help="ADPD: the weight net sees the heatmaps detached from the student (default); --no-detach lets the "
+                        "student's gradient flow through the weights, as published")
+    k.add_argument('--faithful', action='store_true', help='ADPD exactly as published: zero init of both linear layers, no '
+                   'nonlinearity, no detach, unbounded weights (diverges at T=1; see 04_losses)')
     return p
 
 def _recipe_parser(sub, name, presets, paper, layout):
@@ -694,22 +834,24 @@ def make_parser():
     "The `adpd_train` argument parser."
     p = argparse.ArgumentParser(prog='adpd_train', description='Adaptive Decoupled Pose Knowledge Distillation: train and distil pose models.')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{demo,coco,mpii}')
-    d = sub.add_parser('demo', help='teacher + student without KD, with FPD and with ADPD on the embedded synthetic data (CPU minutes)',
-                       description='Train a teacher, then the same student without KD, with FPD and with ADPD (same initialisation '
-                                   'and seed) on synthetic COCO-format data; print and save a table (COCO AP) and the training curves.')
-    d.add_argument('--quick', action='store_true', help='tiny everything: a smoke test in seconds')
+    d = sub.add_parser('demo', help='the shipped teacher and student on the embedded synthetic benchmark: no KD, FPD, KL, ADPD over seeds (CPU minutes)',
+                       description='Fine-tune the shipped student from the same initialisation without KD and with FPD, KL and ADPD '
+                                   'from the shipped teacher, over several seeds, on synthetic COCO-format people (level easy); '
+                                   'print and save a table (COCO AP, mean ± std) and the training curves. --train-teacher / '
+                                   '--train-student regenerate the shipped weights.')
+    d.add_argument('--quick', action='store_true', help='a tiny dataset, one epoch, two seeds: a smoke test in seconds')
     d.add_argument('--data-root', default='~/.cache/adpd/synthetic', help='where the synthetic dataset is cached')
-    d.add_argument('--data-seed', type=int, default=0)
     d.add_argument('--n-images', type=int, help=f"synthetic images (default {DEMO['n_images']}, quick {QUICK['n_images']})")
-    d.add_argument('--image-size', help=f"input HxW (default {DEMO['image_size']})")
-    d.add_argument('--teacher', help=f"teacher model (default {DEMO['teacher']})")
-    d.add_argument('--student', help=f"student model (default {DEMO['student']})")
-    d.add_argument('--teacher-epochs', type=int, help=f"(default {DEMO['teacher_epochs']})")
-    d.add_argument('--epochs', type=int, help=f"student epochs (default {DEMO['epochs']})")
+    d.add_argument('--epochs', type=int, help=f"fine-tuning epochs of each student run (default {DEMO['epochs']})")
     d.add_argument('--bs', type=int, help=f"batch size (default {DEMO['bs']})")
-    d.add_argument('--lr', type=float, help=f"peak learning rate (default {DEMO['lr']})")
+    d.add_argument('--lr', type=float, help=f"peak learning rate of the fine-tuning (default {DEMO['lr']})")
     d.add_argument('--kd', help=f"comma-separated student runs among none, fpd, kl, adpd (default {DEMO['kd']})")
-    d.add_argument('--schedule', choices=('onecycle', 'step'), default='onecycle')
+    d.add_argument('--seeds', help=f"comma-separated seeds (default {DEMO['seeds']})")
+    d.add_argument('--train-teacher', action='store_true', help=f"train the shipped teacher ({SHIPPED['teacher']['model']}) from scratch "
+                   "and write it to --weights-dir (hours on a CPU, minutes on a GPU)")
+    d.add_argument('--train-student', action='store_true', help=f"train the shipped baseline student ({SHIPPED['student']['model']}) likewise")
+    d.add_argument('--teacher-epochs', type=int, help='epochs of --train-teacher/--train-student (default: the recipe\'s)')
+    d.add_argument('--weights-dir', default=str(WEIGHTS), help='where the shipped weights are read and written (default: the package\'s)')
     _common(d)
     _recipe_parser(sub, 'coco', COCO_PRESETS, PAPER['coco'], 'DIR/annotations/person_keypoints_<split>.json, DIR/<split>/')
     _recipe_parser(sub, 'mpii', MPII_PRESETS, PAPER['mpii'], 'DIR/annot/<split>.json, DIR/images/')
@@ -727,7 +869,7 @@ def main(argv=None) -> int:
         if a.cmd == 'demo':
             for k, v in (QUICK if a.quick else DEMO).items():
                 if getattr(a, k) is None: setattr(a, k, v)
-            if a.out is None: a.out = 'runs/demo-quick' if a.quick else 'runs/demo'
+            if a.out is None: a.out = 'runs/demo-weights' if a.train_teacher or a.train_student else 'runs/demo-quick' if a.quick else 'runs/demo'
             a.out = str(Path(a.out).expanduser().absolute())
             run_demo(a)
         else:

@@ -182,12 +182,13 @@ def _one_sample(x, name, fn='decoupling_data'):
     return x.float().cpu()
 
 def _weights(weight_net, s, t, terms):
-    "The weight net's `(3,)` weights for one sample, in eval mode and without gradients (its mode restored)."
+    "The `(3,)` weights of one sample from a `WeightNet` or an `ADPDLoss` (its bounded weights), in eval mode, without gradients."
     dev = next(weight_net.parameters()).device
     mode = weight_net.training
     weight_net.eval()
+    f = getattr(weight_net, 'weights', weight_net)
     try:
-        with torch.no_grad(): w = weight_net(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
+        with torch.no_grad(): w = f(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
     finally: weight_net.train(mode)
     return w[0].float().cpu()
 
@@ -359,7 +360,7 @@ def _learner_parts(learn, teacher=None, weight_net=None):
     if teacher is None:
         raise ValueError("adpd.viz: this learner has no teacher (use adpd.learner.distill_learner, or pass teacher=)")
     kd = getattr(cb, 'kd_loss', None)
-    if weight_net is None: weight_net = getattr(kd, 'weight_net', None)
+    if weight_net is None: weight_net = kd if hasattr(kd, 'weights') else getattr(kd, 'weight_net', None)
     return learn.model, teacher, weight_net, getattr(kd, 'T', 1.), getattr(kd, 'thr', .5)
 
 def _plain_item(ds, i):

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WALKTHROUGH = ROOT / 'nbs' / '90_tutorial.walkthrough.ipynb'
 MARKER = '# tour settings'
 FAST_SETTINGS = f"""{MARKER} (the browser test's tiny copy)
-data_dir = Path('data')
-n_images, image_size, bs = 24, (64, 96), 8
-teacher_epochs, student_epochs, lr = 1, 1, 1e-2"""
+data_root = 'data'
+n_images, bs = 40, 8
+student_epochs, lr = 1, 5e-4"""
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync',
                  '--disable-dev-shm-usage', '--window-size=1400,1000']

@@ -1,6 +1,7 @@
 "Distillation with fastai: the teacher stays frozen and outside, the weight net learns, fastai's tools keep working."
 import math, pickle, warnings
 import numpy as np, pytest, torch
+from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.progress import CSVLogger
@@ -34,8 +35,8 @@ def test_distillation_epoch(dls, tmp_path, kd):
         w1 = learn.distiller.kd_loss.state_dict()
         assert not torch.equal(w0['weight_net.fc2.bias'], w1['weight_net.fc2.bias']), 'weight net did not move'
         assert not torch.equal(w0['weight_net.fc1.weight'], w1['weight_net.fc1.weight'])
-        names = ['BiKD', 'KAD', 'NAD', 'w_BiKD', 'w_KAD', 'w_NAD']
-    else: names = ['KL'] if kd == 'kl' else []
+        names = ['kd_grad', 'BiKD', 'KAD', 'NAD', 'w_BiKD', 'w_KAD', 'w_NAD']
+    else: names = ['kd_grad', 'KL'] if kd == 'kl' else ['kd_grad']
     cols = learn.recorder.metric_names[1:-1]
     assert cols[:5] == ['train_loss', 'valid_loss', 'pck', 'train_pose', 'train_kd'] and cols[5:] == names
     assert all(v is not None and math.isfinite(v) for v in learn.recorder.values[-1])
@@ -72,13 +73,13 @@ def test_export_carries_no_teacher(dls, tmp_path):
 
 def test_fastai_tools_keep_working(dls, tmp_path):
     torch.manual_seed(2)
-    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(width=24), kd='adpd', path=tmp_path, weight_lr=3e-3)
+    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(width=24), kd='adpd', path=tmp_path, weight_lr_mult=3.)
     with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         res = learn.lr_find(num_it=6, show_plot=False)
         assert math.isfinite(res.valley)
         learn.fit_one_cycle(2, 1e-3, cbs=[GradientAccumulation(16), SaveModelCallback(fname='best'), CSVLogger(fname='log.csv')])
-    assert learn.opt.hypers[-1]['lr'] == 3e-3 and learn.opt.hypers[0]['lr'] != 3e-3
+    assert learn.opt.hypers[-1]['lr'] == pytest.approx(3 * learn.opt.hypers[0]['lr'])
     assert (tmp_path / 'models' / 'best.pth').exists()
     log = (tmp_path / 'log.csv').read_text().splitlines()
     assert log[0].split(',')[:4] == ['epoch', 'train_loss', 'valid_loss', 'pck'] and 'w_NAD' in log[0] and len(log) == 3
@@ -108,3 +109,18 @@ def test_unknown_kd_and_plain_training(dls):
     with pytest.raises(ValueError, match="kd='mse'"): distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='mse')
     learn = distill_learner(dls, TinyPoseNet(), None, kd=None)
     assert not hasattr(learn, 'distiller') and [m.name for m in learn.metrics] == ['pck']
+
+class _LRs(Callback):
+    "Record the learning rate of every parameter group at each optimizer step."
+    order = 100
+    def before_fit(self): self.lrs = []
+    def after_step(self): self.lrs.append([h['lr'] for h in self.opt.hypers])
+
+def test_weight_lr_follows_the_schedule(dls):
+    "The weight net's lr is `weight_lr_mult` times the student's at every step, through the one-cycle schedule and after it."
+    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(width=24), kd='adpd', weight_lr_mult=.01)
+    rec = _LRs()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-3, cbs=rec)
+    lrs = np.array(rec.lrs)
+    assert len(lrs) > 2 and np.ptp(lrs[:, 0]) > 1e-4                      # the student's lr moved with the schedule
+    np.testing.assert_allclose(lrs[:, -1], .01 * lrs[:, 0], rtol=1e-9)      # and the weight net's followed it

@@ -173,7 +173,9 @@ def test_fpd_and_kl_losses():
     kl = KLPoseLoss(T=2.)
     per_sample = torch.stack([pose_kl(s, t, T=2.)[b][tw[b] > 0].mean() for b in range(3)])
     torch.testing.assert_close(kl(s, t, target, tw), .5 * mse(s, target, tw) + .5 * per_sample.mean())
-    assert set(kl.last) == set(KLPoseLoss.names)
+    assert set(kl.last) == set(KLPoseLoss.names) - {'kd_grad'}        # no graph: no gradient ratio
+    kl(s.clone().requires_grad_(), t, target, tw)
+    assert set(kl.last) == set(KLPoseLoss.names) and kl.last['kd_grad'] > 0
 
 def test_adpd_starts_at_unit_weights_and_reaches_the_student():
     s, t, target, tw = make_batch()
@@ -264,3 +266,55 @@ def test_decoupled_distributions_are_what_the_terms_are_made_of():
     torch.testing.assert_close(kl(d['in_t'], d['in_s']), r['KAD'], atol=1e-5, rtol=0)
     torch.testing.assert_close(kl(d['out_t'], d['out_s']), r['NAD'], atol=1e-5, rtol=0)
     assert d['in_t'][1, 2].sum() == 0 and d['out_t'][2, 4].sum() == 0 and (d['area'] == (target > .5)).all()
+
+# --- the bound on ADPD's weights (04_losses derives it) --------------------------------------------
+def _perturbed(loss, seed=3):
+    "`loss` with a weight net whose outputs depend on its inputs (the last layer is zero at init)."
+    torch.manual_seed(seed)
+    for p in loss.weight_net.parameters(): nn.init.normal_(p, std=.3) if p.ndim > 1 else None
+    return loss
+
+def test_bounded_weights_mean_one_and_kd_never_negative():
+    s, t, target, tw = make_batch(K=6, seed=1)
+    loss = _perturbed(ADPDLoss(6))
+    for _ in range(5):
+        loss(s + torch.randn_like(s), t, target, tw)
+        terms = decoupled_kd(s, t, target, tw)
+        w = loss.weights(s, t, terms)
+        torch.testing.assert_close(w.mean(-1), torch.ones(len(w)))
+        assert (w > 0).all() and (w <= 3).all() and loss.last['kd'] >= 0
+    assert ADPDLoss(6).bound and not ADPDLoss(6, faithful=True).bound and ADPDLoss(6).weight_net.detach
+    assert not ADPDLoss(6, faithful=True).weight_net.detach
+
+def test_bounded_gradients_student_sees_constant_weights_net_sees_relative_terms():
+    "Student: d/ds sum_i mean_b(w_i·L_i) with w constant. Weight net: d/dθ sum_i mean_b(w_i·L_i/mean_j L_j - log w_i)."
+    s, t, target, tw = make_batch(K=6, seed=2)
+    loss = _perturbed(ADPDLoss(6, alpha=1.))
+    sp = s.clone().requires_grad_()
+    loss(sp, t, target, tw).backward()
+    g_student = sp.grad.clone()
+    g_net = {n: p.grad.clone() for n, p in loss.weight_net.named_parameters()}
+    # the two references, from the definitions
+    loss.zero_grad(); sp2 = s.clone().requires_grad_()
+    terms = decoupled_kd(sp2, t, target, tw)
+    L = torch.stack([joint_mean(terms[n], tw) for n in TERMS], -1)
+    lw = loss.log_weights(loss.weight_net.log_weights(sp2, t, terms))
+    ok = (tw > 0).any(-1)
+    ((lw.exp().detach() * L)[ok].mean(0).sum()).backward(retain_graph=True)
+    torch.testing.assert_close(sp2.grad, g_student)
+    Lr = (L / L.mean(-1, keepdim=True)).detach()
+    loss.zero_grad()
+    ((lw.exp() * Lr - lw)[ok].mean(0).sum()).backward()
+    for n, p in loss.weight_net.named_parameters():
+        if p.grad is not None: torch.testing.assert_close(p.grad, g_net[n], msg=n)
+
+def test_no_detach_lets_the_weight_net_push_the_student():
+    "Without detaching, -log w sends gradient into the student's heatmaps through the weight net: the published behaviour."
+    s, t, target, tw = make_batch(K=6, seed=4)
+    grads = {}
+    for detach in (True, False):
+        loss = _perturbed(ADPDLoss(6, alpha=1., detach=detach))
+        sp = s.clone().requires_grad_()
+        loss(sp, t, target, tw).backward()
+        grads[detach] = sp.grad
+    assert not torch.allclose(grads[True], grads[False])

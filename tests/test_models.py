@@ -259,3 +259,16 @@ def test_any_input_size_and_timm_kwargs():
     for n in ('resnet_18', 'mobilenet_v2'):
         with pytest.raises(ValueError, match='input 64×48 is not a multiple of its backbone stride 32'):
             create_pose_model(n)(torch.randn(1, 3, 64, 48))
+
+def test_from_scratch_backbones_keep_the_standard_init():
+    "N(0, 0.001) where the HRNet family uses it (the whole HRNet, every head); Kaiming in from-scratch ResNet and timm backbones."
+    r = create_pose_model('resnet_18')
+    assert .02 < r.conv1.weight.std() and .02 < r.layer3[0].conv1.weight.std()           # torchvision's kaiming_normal_
+    assert r.deconv_layers[0].weight.std() < .002 and r.final_layer.weight.std() < .002
+    f = create_pose_model('fpn:resnet10t', fpn_channels=32)
+    assert f.backbone.conv1[0].weight.std() > .02 and f.final_layer.weight.std() < .002
+    with torch.no_grad(): assert f.eval()(torch.zeros(1, 3, 64, 48)).shape == (1, 17, 16, 12)
+
+def test_fpn_names_and_errors():
+    with pytest.raises(ValueError, match=r'known: .*timm:<any timm model>, fpn:<timm model>'): create_pose_model('fpn-resnet18')
+    with pytest.raises(ValueError, match='no stride-4 stage'): create_pose_model('fpn:vit_tiny_patch16_224')

@@ -2,7 +2,7 @@
 import json, os, re, shutil, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from adpd.train import main, load_checkpoint, build_model
+from adpd.train import main, load_checkpoint, build_model, make_parser, SHIPPED
 from adpd.models import load_pose_checkpoint
 from adpd.synthetic import make_synthetic_coco
 
@@ -18,33 +18,48 @@ def sd_equal(a, b, **tol):
     for k in a: torch.testing.assert_close(a[k], b[k], msg=lambda m: f'{k}: {m}', **tol)
 
 # ---------------------------------------------------------------- demo
+KINDS = ('none', 'fpd', 'kl', 'adpd')
+
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / 'demo'
     r = adpd_train('demo', '--quick', '--no-bar', '--threads', '1', '--data-root', 'data', '--out', 'demo', cwd=tmp_path)   # relative paths
     assert r.returncode == 0, r.stderr[-3000:]
     table = [l for l in r.stdout.splitlines() if l.startswith('| ')]
-    assert table[0].startswith('| run | model | params (M) | epochs | AP | AP50 | AP75 | PCK | train time (s)')
-    assert [l.split('|')[1].strip() for l in table[1:]] == ['teacher', 'student', 'student + FPD', 'student + ADPD']
+    assert table[0].startswith('| run | model | params (M) | epochs | speed-up (b1 / b32) | AP | AP50 | PCK | seeds |')
+    assert [l.split('|')[1].strip() for l in table[1:]] == ['teacher (shipped)', 'student (shipped, before fine-tuning)',
+                                                            'student, no KD', 'student + FPD', 'student + KL', 'student + ADPD']
+    assert all(re.search(r'\| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| 2 \|$', l) for l in table[3:]), table
+    assert 'ADPD − no KD: AP' in r.stdout and 'paired over 2 seeds' in r.stdout and 'ADPD, over every epoch of every seed: weights' in r.stdout
     assert (out / 'curves.png').read_bytes()[:4] == b'\x89PNG'
-    assert len((out / 'results.csv').read_text().splitlines()) == 5
+    assert len((out / 'results.csv').read_text().splitlines()) == 1 + 2 + 2 * len(KINDS)
     assert (out / 'results.md').read_text().startswith(table[0])
-    res = {d: json.loads((out / d / 'results.json').read_text()) for d in ('teacher', 'student-none', 'student-fpd', 'student-adpd')}
+    res = {(s, k): json.loads((out / f'seed{s}' / f'student-{k}' / 'results.json').read_text()) for s in (0, 1) for k in KINDS}
     assert all(0 <= r['metrics']['AP'] <= 1 for r in res.values())
-    # the three students start from the same weights; the teacher is another model
-    assert len({res[d]['init_digest'] for d in ('student-none', 'student-fpd', 'student-adpd')}) == 1
-    assert res['teacher']['init_digest'] != res['student-none']['init_digest']
-    assert 'w_NAD' in (out / 'student-adpd' / 'log.csv').read_text().splitlines()[0]
+    # every student run starts from the shipped student's weights
+    assert len({r['init_digest'] for r in res.values()}) == 1
+    assert 'w_NAD' in (out / 'seed0' / 'student-adpd' / 'log.csv').read_text().splitlines()[0]
     # the saved students are plain state dicts a fresh model loads
-    for d in ('student-none', 'student-adpd'):
-        m = load_pose_checkpoint(build_model('tiny-w8'), out / d / 'final.pth')
-        sd_equal(m.state_dict(), load_checkpoint(out / d / 'checkpoint.pth')['model'], rtol=0, atol=0)
+    name = SHIPPED['student']['model']
+    for k in ('none', 'adpd'):
+        d = out / 'seed1' / f'student-{k}'
+        m = load_pose_checkpoint(build_model(name), d / 'final.pth')
+        sd_equal(m.state_dict(), load_checkpoint(d / 'checkpoint.pth')['model'], rtol=0, atol=0)
     # the same command again is refused (it would overwrite the run); with --resume the results are read back
     args = ['demo', '--quick', '--no-bar', '--threads', '1', '--data-root', str(tmp_path / 'data'), '--out', str(out)]
     capsys.readouterr()
     assert main(args) == 2 and 'pass --resume' in capsys.readouterr().err
     assert main(args + ['--resume']) == 0
     again = [l for l in capsys.readouterr().out.splitlines() if l.startswith('| ')]
-    assert [l.rsplit('|', 2)[0] for l in again] == [l.rsplit('|', 2)[0] for l in table]   # same numbers, train time aside
+    strip = lambda t: [l.split('|')[:5] + l.split('|')[6:] for l in t]      # same numbers, measured speed aside
+    assert strip(again) == strip(table)
+
+def test_demo_flags(capsys):
+    "--detach/--no-detach and --faithful reach the run config; bad seeds and kinds are refused in one line."
+    p = make_parser()
+    assert p.parse_args(['demo']).detach is True and p.parse_args(['demo', '--no-detach']).detach is False
+    assert p.parse_args(['coco', '--data-root', '.', '--faithful']).faithful is True
+    assert main(['demo', '--quick', '--seeds', 'a,b']) == 2 and '--seeds a,b' in capsys.readouterr().err
+    assert main(['demo', '--quick', '--kd', 'adpd,mse']) == 2 and "unknown ['mse']" in capsys.readouterr().err
 
 def test_console_script():
     exe = BIN / 'adpd_train'
@@ -133,19 +148,20 @@ def test_two_process_gloo(tmp_path):
                 '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()), '-m', 'adpd.train')
     if not (BIN / 'accelerate').exists(): pytest.skip(f'accelerate launcher not found in {BIN}')
     out = tmp_path / 'ddp'
-    r = adpd_train('demo', '--quick', '--no-bar', '--kd', 'adpd', '--threads', '1', '--data-root', tmp_path / 'data', '--out', out,
+    r = adpd_train('demo', '--quick', '--no-bar', '--kd', 'adpd', '--seeds', '0', '--threads', '1', '--data-root', tmp_path / 'data', '--out', out,
                    launcher=launcher, timeout=300)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     lines = re.findall(r'rank (\d)/2: (.+?) student (\w+) weight net (\S+)(?: \(initially (\w+)\))?', r.stdout)
     got = {(rank, name): (s, w, w0) for rank, name, s, w, w0 in lines}
     assert {k[0] for k in got} == {'0', '1'}, r.stdout                  # both processes trained
-    for name in ('teacher', 'student + ADPD'):
-        assert got[('0', name)] == got[('1', name)], (name, got)           # DDP student, and the all-reduced weight net
-    s, w, w0 = got[('0', 'student + ADPD')]
+    name = 'student + ADPD (seed 0)'
+    assert got[('0', name)] == got[('1', name)], (name, got)               # DDP student, and the all-reduced weight net
+    s, w, w0 = got[('0', name)]
     assert w != '-' and w != w0, got                                      # the weight net trained (so equality means synchronised)
     assert sum(l.startswith('| teacher') for l in r.stdout.splitlines()) == 1   # only rank 0 prints the table
-    assert load_checkpoint(out / 'student-adpd' / 'checkpoint.pth')['epoch'] == 1
-    rng = load_checkpoint(out / 'student-adpd' / 'checkpoint.pth')['rng']
+    ck = out / 'seed0' / 'student-adpd' / 'checkpoint.pth'
+    assert load_checkpoint(ck)['epoch'] == 1
+    rng = load_checkpoint(ck)['rng']
     assert len(rng) == 2                                                  # each process's RNG states, for an exact resume
 
 # ---------------------------------------------------------------- real layouts

@@ -58,7 +58,7 @@ def reference(ds, i, student, teacher, joint, T, thr, wn=None):
     out.update({f'mean_{n}': float(joint_mean(r[n], tw)[0]) for n in TERMS})
     if wn is not None:
         mode = wn.training
-        with torch.no_grad(): w = wn.eval()(s, t, r)[0]
+        with torch.no_grad(): w = getattr(wn.eval(), 'weights', wn)(s, t, r)[0]     # a WeightNet, or an ADPDLoss (bounded weights)
         wn.train(mode)
         out.update({f'w_{n}': float(v) for n, v in zip(TERMS, w)})
     return out, s, t, tg
@@ -198,7 +198,7 @@ def test_show_decoupling_from_learner_and_from_file(dls):
     fig = show_decoupling(learn, 1, joint=5, dpi=50)
     d = fig.decoupling
     assert (d['T'], d['thr']) == (2., .4)
-    ref, s, t, tg = reference(ds, 1, student, teacher, 5, 2., .4, learn.distiller.kd_loss.weight_net)
+    ref, s, t, tg = reference(ds, 1, student, teacher, 5, 2., .4, learn.distiller.kd_loss)   # the weights the loss applies
     assert d['terms'] == pytest.approx({n: ref[n] for n in TERMS}, rel=1e-5, abs=1e-9)
     assert d['weights'] == pytest.approx({n: ref[f'w_{n}'] for n in TERMS}, rel=1e-5)
     np.testing.assert_allclose(image_data(panels(fig)['student']), s[0, 5].numpy(), rtol=1e-5, atol=1e-6)
@@ -270,7 +270,7 @@ def test_inspector_from_learner_no_rerun_on_T_thr(dls):
     for T in (1., 4.):
         for thr in (.2, .7):
             insp.widgets['T'].value, insp.widgets['thr'].value = T, thr
-            check(insp, dls.valid.dataset, student, teacher, learn.distiller.kd_loss.weight_net)
+            check(insp, dls.valid.dataset, student, teacher, learn.distiller.kd_loss)
     insp.widgets['view'].value = 'student'
     assert (student.calls, teacher.calls) == n
     assert student.m.training, 'the inspector left the student in eval mode'
