@@ -553,21 +553,24 @@ def _mean_std(xs, f='{:.3f}'):
     return f.format(np.mean(xs)) + (' ± ' + f.replace('+', '').format(np.std(xs, ddof=1)) if len(xs) > 1 else '')
 
 def plot_curves(runs, fname):
-    "Training curves (train pose loss, valid loss, PCK per epoch) of `runs`: `{label: log.csv path}`; saved to `fname`."
+    "Per-epoch curves of `runs` (`{label: log.csv path}`): train pose loss, valid PCK, KD/pose gradient ratio, ADPD's weights; saved to `fname`."
     import matplotlib
     if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 3, figsize=(13, 3.6))
-    for label, f in runs.items():
+    fig, axs = plt.subplots(1, 4, figsize=(17, 3.6))
+    for i, (label, f) in enumerate(runs.items()):
         rows = list(csv.DictReader(io.StringIO(Path(f).read_text())))
         ep = [int(r['epoch']) + 1 for r in rows]
         get = lambda k: [float(r[k]) if r.get(k) not in (None, '', 'None') else float('nan') for r in rows]
-        pose = get('train_pose') if 'train_pose' in rows[0] else get('train_loss')
-        style = '--' if label.startswith('teacher') else '-'
-        for ax, y in zip(axs, (pose, get('valid_loss'), get('pck'))): ax.plot(ep, y, style, marker='.', label=label)
-    for ax, t in zip(axs, ('train pose loss (MSE)', 'valid loss (MSE)', 'valid PCK@0.5')):
+        c = f'C{i}'
+        axs[0].plot(ep, get('train_pose') if 'train_pose' in rows[0] else get('train_loss'), c=c, marker='.', label=label)
+        axs[1].plot(ep, get('pck'), c=c, marker='.', label=label)
+        if 'kd_grad' in rows[0]: axs[2].semilogy(ep, get('kd_grad'), c=c, marker='.', label=label)
+        for n, ls in (('w_BiKD', '-'), ('w_KAD', '--'), ('w_NAD', ':')):
+            if n in rows[0]: axs[3].plot(ep, get(n), ls, c=c, marker='.', label=f'{label}: {n}')
+    for ax, t in zip(axs, ('train pose loss (MSE)', 'valid PCK@0.5', 'KD / pose gradient on the student', 'ADPD weights (epoch means)')):
         ax.set_title(t); ax.set_xlabel('epoch'); ax.grid(alpha=.3)
-    axs[0].legend(fontsize=8)
+    axs[0].legend(fontsize=8); axs[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(fname, dpi=90)
     plt.close(fig)
