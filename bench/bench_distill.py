@@ -1,6 +1,6 @@
 """No KD vs FPD vs KL vs ADPD over seeds, and ADPD's published behaviour beside the default, on the demo's benchmark.
 
-    python bench/bench_distill.py [--seeds 5] [--epochs 2] [--variants] [--out runs/bench-distill]
+    python bench/bench_distill.py [--seeds 5] [--epochs 2] [--variants [--variant-seeds 3]] [--out runs/bench-distill]
 
 Part 1 is `adpd_train demo` with more seeds: the shipped student, fine-tuned from the same weights on the same batches
 per seed, without KD and with each KD; the table has mean ± std over seeds and the paired differences ADPD − none,
@@ -28,19 +28,21 @@ if __name__ == '__main__':
     p.add_argument('--seeds', type=int, default=5)
     p.add_argument('--epochs', type=int, default=2)
     p.add_argument('--variants', action='store_true', help='also ADPD without detaching, with weight-lr 1e-5, and as published')
+    p.add_argument('--variant-seeds', type=int, default=3, help='seeds of each ADPD variant')
     p.add_argument('--out', default='runs/bench-distill')
     a = p.parse_args()
     out, seeds = Path(a.out), list(range(a.seeds))
     print(f"== part 1: no KD / FPD / KL / ADPD, {a.seeds} seeds, {a.epochs} fine-tuning epochs", flush=True)
     demo(out / 'kinds', seeds, a.epochs)
     if a.variants:
-        print(f"\n== part 2: ADPD variants, {a.seeds} seeds", flush=True)
+        vseeds = list(range(a.variant_seeds))
+        print(f"\n== part 2: ADPD variants, {a.variant_seeds} seeds", flush=True)
         table = ['| ADPD setting | AP | AP50 | PCK | what the logs recorded |', '|---|---|---|---|---|']
         for name, flags in (('default (detached, bounded)', ()), ('--no-detach', ('--no-detach',)),
                             ('--no-detach --weight-lr 1e-5', ('--no-detach', '--weight-lr', '1e-5')), ('--faithful (published)', ('--faithful',))):
             d = out / ('adpd-' + (name.split()[0].strip('-') if flags else 'default') + ('-wlr' if '1e-5' in flags else ''))
-            rows = [r for r in demo(d, seeds, a.epochs, '--kd', 'adpd', *flags) if r['kd'] == 'adpd']
+            rows = [r for r in demo(d, vseeds, a.epochs, '--kd', 'adpd', *flags) if r['kd'] == 'adpd']
             f = lambda k: [float(r[k]) for r in rows]
-            logs = [d / f'seed{s}' / 'student-adpd' / 'log.csv' for s in seeds]
+            logs = [d / f'seed{s}' / 'student-adpd' / 'log.csv' for s in vseeds]
             table.append(f"| {name} | {stat(f('AP'))} | {stat(f('AP50'))} | {stat(f('pck'))} | {kd_summary(logs)} |")
         print('\n'.join(table))
