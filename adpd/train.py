@@ -587,13 +587,14 @@ def kd_summary(logs) -> str:
     return (f"weights {min(w):.3g}–{max(w):.3g}, KD loss {min(kd):.3g}–{max(kd):.3g}"
             + (f", KD/pose gradient ratio {min(g):.3g}–{max(g):.3g}" if g else '') + f" (epoch means, {len(rows)} epochs)")
 
-def _speed(model, input_size):
-    "Latency (ms per crop) at batch 1 and 32 on this machine: the median of several timed forward passes."
-    res = {}
-    for bs in (1, 32):
-        ts = [model_stats(model, input_size, bs, n_runs=3, warmup=1)['latency_ms'] for _ in range(5 if bs == 1 else 2)]
-        res[bs] = float(np.median(ts))
-    return res
+def _speed(model, input_size, threads=1):
+    "Latency (ms per crop) at batch 1 and 32 with `threads` torch threads: the median of several timed forward passes."
+    n0 = torch.get_num_threads()
+    torch.set_num_threads(threads)    # one thread: a fair CPU latency for small models (more threads mostly add waiting)
+    try:
+        return {bs: float(np.median([model_stats(model, input_size, bs, n_runs=3, warmup=1)['latency_ms'] for _ in range(5 if bs == 1 else 2)]))
+                for bs in (1, 32)}
+    finally: torch.set_num_threads(n0)
 
 # %% ../nbs/08_train.ipynb #b6045f75
 def _train_shipped(a, role, tr, va):
@@ -694,7 +695,7 @@ def run_demo(a) -> list:
             f"paired differences: " + '; '.join(diffs) + f".\nbenchmark: synthetic COCO ({BENCH['level']}), {len(tr)} training / "
             f"{len(va)} validation people, input {BENCH['image_size']}, COCO AP with flip test; speed-up: teacher latency / student "
             f"latency per crop at batch 1 / 32 (teacher {speed['teacher'][1]:.1f} / {speed['teacher'][32]:.2f} ms, student "
-            f"{speed['student'][1]:.1f} / {speed['student'][32]:.2f} ms; {torch.get_num_threads()} torch threads on {os.cpu_count()} cores); "
+            f"{speed['student'][1]:.1f} / {speed['student'][32]:.2f} ms; one torch thread, {os.cpu_count()} cores; training used {torch.get_num_threads()}); "
             f"wall time {wall:.0f}s\n" + (f"ADPD, over every epoch of every seed: {kd_note}\n" if kd_note else ''))
     keep = ['name', 'kd', 'seed', 'model', 'params', 'AP', 'AP50', 'AP75', 'APm', 'AR', 'pck', 'train_time', *_KD_COLS]
     buf = io.StringIO()
