@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #cc798992
 from __future__ import annotations
-import argparse, contextlib, csv, hashlib, io, json, math, os, random, re, sys, tempfile, time, warnings
+import argparse, contextlib, csv, hashlib, importlib, io, json, math, os, random, re, sys, tempfile, time, warnings
 from pathlib import Path
 # OpenMP threads that sleep instead of spinning when they wait: on a machine shared with other jobs, spinning threads
 # make small models 3-30x slower. Read once when torch loads, so it only acts when `adpd_train` is what imports torch.
@@ -494,7 +494,7 @@ def bench_data(root='~/.cache/adpd/synthetic', n_images=None, quiet=False):
 # %% ../nbs/08_train.ipynb #2d8cfa7b
 SHIPPED = dict(teacher=dict(model='fpn:resnet10t-d64', epochs=90, lr=5e-3, bs=32),
                student=dict(model='fpn:mobilenetv3_small_050-d32', epochs=30, lr=5e-3, bs=32))
-WEIGHTS = Path(__file__).parent / 'weights'
+WEIGHTS = Path(importlib.import_module('adpd').__file__).parent / 'weights'   # the package's data folder
 
 def sha256(path) -> str:
     "The sha256 hex digest of the file `path`."
