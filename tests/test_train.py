@@ -148,7 +148,7 @@ def test_two_process_gloo(tmp_path):
                 '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()), '-m', 'adpd.train')
     if not (BIN / 'accelerate').exists(): pytest.skip(f'accelerate launcher not found in {BIN}')
     out = tmp_path / 'ddp'
-    r = adpd_train('demo', '--quick', '--no-bar', '--kd', 'adpd', '--seeds', '0', '--threads', '1', '--data-root', tmp_path / 'data', '--out', out,
+    r = adpd_train('demo', '--quick', '--n-images', '40', '--no-bar', '--kd', 'adpd', '--seeds', '0', '--threads', '1', '--data-root', tmp_path / 'data', '--out', out,
                    launcher=launcher, timeout=300)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     lines = re.findall(r'rank (\d)/2: (.+?) student (\w+) weight net (\S+)(?: \(initially (\w+)\))?', r.stdout)
