@@ -129,16 +129,16 @@ class DistillCallback(Callback):
         return [mk(k) for k in getattr(self.kd_loss, 'names', ())]
 
 # %% ../nbs/05_learner.ipynb #b975201e
-KD_LOSSES = dict(adpd=lambda K, **kw: ADPDLoss(K, **kw), fpd=lambda K, T, thr, faithful, detach, **kw: FPDLoss(**kw),
-                 kl=lambda K, thr, faithful, detach, **kw: KLPoseLoss(**kw))
+KD_LOSSES = dict(adpd=lambda K, **kw: ADPDLoss(K, **kw), fpd=lambda K, T, thr, faithful, detach, bound, **kw: FPDLoss(**kw),
+                 kl=lambda K, thr, faithful, detach, bound, **kw: KLPoseLoss(**kw))
 
 def distill_learner(dls, student, teacher, kd='adpd', alpha=.5, T=1., thr=.5, weight_lr_mult=None, resize=True, detach=True,
-                    faithful=False, metrics=None, cbs=None, **learner_kwargs) -> Learner:
+                    bound=True, faithful=False, metrics=None, cbs=None, **learner_kwargs) -> Learner:
     "A fastai `Learner` that distils `teacher` into `student` with `kd` in ('adpd', 'fpd', 'kl', None: plain training)."
     if kd is None or kd == 'none': return pose_learner(dls, student, metrics=metrics, cbs=cbs, **learner_kwargs)
     if kd not in KD_LOSSES: raise ValueError(f"distill_learner: kd={kd!r}; choose one of {list(KD_LOSSES)} or None")
     K = dls.train.dataset.spec.K
-    kd_loss = KD_LOSSES[kd](K, T=T, thr=thr, faithful=faithful, detach=detach and not faithful, alpha=alpha)
+    kd_loss = KD_LOSSES[kd](K, T=T, thr=thr, faithful=faithful, detach=detach and not faithful, bound=bound and not faithful, alpha=alpha)
     cb = DistillCallback(teacher, kd_loss, resize=resize, weight_lr_mult=weight_lr_mult)
     wp = [p for p in kd_loss.parameters()]
     splitter = (lambda m: [params(m), wp]) if wp else learner_kwargs.pop('splitter', None)

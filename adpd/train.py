@@ -416,7 +416,7 @@ def _epoch_line(learn):
     return lambda vals: _say('  ' + '  '.join(f'{n} {fmt(v)}' for n, v in zip(learn.recorder.metric_names, vals)))
 
 def train_one(run_dir, config, make_dls, make_student, teacher=None, kd='none', *, epochs, lr, schedule='step', milestones=(),
-              gamma=.1, seed=0, alpha=.5, T=1., thr=.5, weight_lr=None, detach=True, faithful=False, precision='fp32', resume=False,
+              gamma=.1, seed=0, alpha=.5, T=1., thr=.5, weight_lr=None, detach=True, bound=True, faithful=False, precision='fp32', resume=False,
               stop_after=None, evaluate=None, eval_every=0, eval_names=('AP', 'AP50'), bar=True, name='') -> dict:
     "Train (or resume, or read back) the run in `run_dir`; its results dict (metrics, time, params, stopped)."
     run_dir = Path(run_dir).expanduser().absolute()
@@ -435,7 +435,7 @@ def train_one(run_dir, config, make_dls, make_student, teacher=None, kd='none', 
     init = digest(student.state_dict().values())
     kdn = None if kd in (None, 'none') else kd
     learn = distill_learner(dls, student, teacher, kd=kdn, alpha=alpha, T=T, thr=thr, weight_lr_mult=weight_lr and weight_lr / lr,
-                            detach=detach, faithful=faithful,
+                            detach=detach, bound=bound, faithful=faithful,
                             opt_func=paper_adam, lr=lr, path=run_dir, model_dir='.')
     w0 = digest(learn.distiller.kd_loss.parameters()) if hasattr(learn, 'distiller') else None
     if precision == 'fp16': learn.to_fp16()
@@ -634,7 +634,7 @@ def run_demo(a) -> list:
     teacher, base = shipped_model('teacher', a.weights_dir), shipped_model('student', a.weights_dir)
     config = dict(cmd='demo', bench=BENCH, n_images=a.n_images, teacher=teacher.shipped['sha256'], student=base.shipped['sha256'],
                   epochs=a.epochs, bs=a.bs, lr=a.lr, kd=kds, seeds=seeds, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr,
-                  detach=a.detach, faithful=a.faithful, precision=a.precision)
+                  detach=a.detach, bound=a.bound, faithful=a.faithful, precision=a.precision)
     open_run(out, config, a.resume)
     _barrier()
     tr, va = bench_data(a.data_root, a.n_images)
@@ -655,7 +655,7 @@ def run_demo(a) -> list:
         m = build_model(base.shipped['model']); m.load_state_dict(init); return m
     common = dict(epochs=a.epochs, lr=a.lr, schedule='onecycle', precision=a.precision, resume=a.resume, stop_after=a.stop_after,
                   evaluate=evaluate, bar=not a.no_bar, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr, detach=a.detach,
-                  faithful=a.faithful)
+                  bound=a.bound, faithful=a.faithful)
     per_seed, logs, runs = [], {}, []
     for seed in seeds:
         for kd in kds:
@@ -776,7 +776,7 @@ def run_recipe(a, dataset='coco') -> dict:
     res = train_one(a.out, config, lambda: pose_dls(tr, va, bs=a.bs, num_workers=a.workers, device=a.device),
                     _student_maker(a, K), teacher=teacher, kd=a.kd, epochs=a.epochs, lr=a.lr, schedule='step',
                     milestones=steps, gamma=a.lr_factor, seed=a.seed, alpha=a.alpha, T=a.T, thr=a.thr, weight_lr=a.weight_lr,
-                    detach=a.detach, faithful=a.faithful, precision=a.precision, resume=a.resume, stop_after=a.stop_after,
+                    detach=a.detach, bound=a.bound, faithful=a.faithful, precision=a.precision, resume=a.resume, stop_after=a.stop_after,
                     evaluate=final, eval_every=a.eval_every, eval_names=names, bar=not a.no_bar, name=label)
     if not res['stopped'] and rank_distrib() == 0:
         m = res.get('metrics', {})
@@ -804,6 +804,9 @@ def _common(p, paper=None):
     k.add_argument('--detach', action=argparse.BooleanOptionalAction, default=True,
                    help="ADPD: the weight net sees the heatmaps detached from the student (default); --no-detach lets the "
                         "student's gradient flow through the weights, as published")
+    k.add_argument('--bound', action=argparse.BooleanOptionalAction, default=True,
+                   help='ADPD: weights normalised to mean 1 per sample, learnt from relative terms, constant for the student '
+                        '(default); --no-bound: the literal objective, w = exp(z), which diverges at T=1 (see 04_losses)')
     k.add_argument('--faithful', action='store_true', help='ADPD exactly as published: zero init of both linear layers, no '
                    'nonlinearity, no detach, unbounded weights (diverges at T=1; see 04_losses)')
     return p

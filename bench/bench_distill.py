@@ -5,8 +5,8 @@
 Part 1 is `adpd_train demo` with more seeds: the shipped student, fine-tuned from the same weights on the same batches
 per seed, without KD and with each KD; the table has mean ± std over seeds and the paired differences ADPD − none,
 ADPD − FPD, ADPD − KL with their spread. Part 2 (`--variants`) runs ADPD alone under the settings that diverge:
-the weight net's inputs not detached (`--no-detach`), that with a tiny weight-net learning rate (`--weight-lr 1e-5`),
-and the published loss (`--faithful`), and prints AP with its spread and what the logs recorded (weights, KD loss,
+the weight net's inputs not detached (`--no-detach`), with a tiny weight-net learning rate (`--weight-lr 1e-5`), with
+unbounded weights (`--no-bound`, the literal objective), and the published loss (`--faithful`), and prints AP with its spread and what the logs recorded (weights, KD loss,
 KD/pose gradient ratio). Every number is measured in this run; nothing is read from earlier runs.
 """
 import argparse, contextlib, csv, io, sys
@@ -38,9 +38,10 @@ if __name__ == '__main__':
         vseeds = list(range(a.variant_seeds))
         print(f"\n== part 2: ADPD variants, {a.variant_seeds} seeds", flush=True)
         table = ['| ADPD setting | AP | AP50 | PCK | what the logs recorded |', '|---|---|---|---|---|']
-        for name, flags in (('default (detached, bounded)', ()), ('--no-detach', ('--no-detach',)),
-                            ('--no-detach --weight-lr 1e-5', ('--no-detach', '--weight-lr', '1e-5')), ('--faithful (published)', ('--faithful',))):
-            d = out / ('adpd-' + (name.split()[0].strip('-') if flags else 'default') + ('-wlr' if '1e-5' in flags else ''))
+        for flags in ((), ('--no-detach',), ('--no-detach', '--weight-lr', '1e-5'), ('--no-bound', '--weight-lr', '1e-5'),
+                      ('--no-bound', '--no-detach', '--weight-lr', '1e-5'), ('--faithful',)):
+            name = ' '.join(flags) or 'default (detached, bounded)'
+            d = out / ('adpd-' + ('-'.join(f.strip('-') for f in flags) or 'default'))
             rows = [r for r in demo(d, vseeds, a.epochs, '--kd', 'adpd', *flags) if r['kd'] == 'adpd']
             f = lambda k: [float(r[k]) for r in rows]
             logs = [d / f'seed{s}' / 'student-adpd' / 'log.csv' for s in vseeds]

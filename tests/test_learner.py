@@ -124,3 +124,12 @@ def test_weight_lr_follows_the_schedule(dls):
     lrs = np.array(rec.lrs)
     assert len(lrs) > 2 and np.ptp(lrs[:, 0]) > 1e-4                      # the student's lr moved with the schedule
     np.testing.assert_allclose(lrs[:, -1], .01 * lrs[:, 0], rtol=1e-9)      # and the weight net's followed it
+
+def test_adpd_options_reach_the_loss(dls):
+    "detach and bound are ADPD's defaults; faithful turns both off; each can be turned off alone."
+    kd = lambda **kw: distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='adpd', **kw).distiller.kd_loss
+    assert (kd().bound, kd().weight_net.detach) == (True, True)
+    assert (kd(bound=False).bound, kd(bound=False).weight_net.detach) == (False, True)
+    assert (kd(detach=False).bound, kd(detach=False).weight_net.detach) == (True, False)
+    f = kd(faithful=True)
+    assert (f.bound, f.weight_net.detach, f.weight_net.faithful) == (False, False, True)

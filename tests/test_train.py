@@ -57,6 +57,7 @@ def test_demo_flags(capsys):
     "--detach/--no-detach and --faithful reach the run config; bad seeds and kinds are refused in one line."
     p = make_parser()
     assert p.parse_args(['demo']).detach is True and p.parse_args(['demo', '--no-detach']).detach is False
+    assert p.parse_args(['demo']).bound is True and p.parse_args(['demo', '--no-bound']).bound is False
     assert p.parse_args(['coco', '--data-root', '.', '--faithful']).faithful is True
     assert main(['demo', '--quick', '--seeds', 'a,b']) == 2 and '--seeds a,b' in capsys.readouterr().err
     assert main(['demo', '--quick', '--kd', 'adpd,mse']) == 2 and "unknown ['mse']" in capsys.readouterr().err
