@@ -245,15 +245,15 @@ class FPNPoseNet(nn.Module):
         self.stages = [i for i, r in enumerate(info.reduction()) if r >= 4]
         if not self.stages or info.reduction()[self.stages[0]] != 4:
             raise ValueError(f"FPNPoseNet: timm model {name!r} has no stride-4 stage (strides {info.reduction()})")
-        self.backbone = timm.create_model(name, features_only=True, out_indices=self.stages, **timm_kwargs)
         D = fpn_channels
-        self.lateral = nn.ModuleList(nn.Conv2d(c, D, 1) for c in self.backbone.feature_info.channels())
+        self.lateral = nn.ModuleList(nn.Conv2d(info.channels()[i], D, 1) for i in self.stages)
         self.smooth = _conv_bn(D, D)
         self.final_layer = init_pose_weights(_joint_conv(nn.Conv2d(D, num_joints, 1)))
         self.timm_name, self.timm_kwargs = name, timm_kwargs
 
     def forward(self, x):
-        fs = self.backbone(x)                                           # strides 4, 8, 16, ...
+        fs = self.backbone(x)
+        fs = [fs[i] for i in self.stages]                               # strides 4, 8, 16, ...
         p = self.lateral[-1](fs[-1])
         for f, lat in zip(fs[-2::-1], list(self.lateral)[-2::-1]):
             p = F.interpolate(p, size=f.shape[-2:], mode='nearest') + lat(f)

@@ -508,11 +508,10 @@ def ship_weights(model, name, role, meta, log=None, folder=WEIGHTS) -> dict:
     folder = Path(folder)
     sd = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in model.state_dict().items()}
     f = atomic_save(sd, folder / f'{role}.pth')
-    os.chmod(f, 0o644)                                       # package data: readable by everyone, like the rest of the package
     info = dict(role=role, model=name, file=f.name, sha256=sha256(f), bytes=f.stat().st_size, storage='fp16', **meta)
     atomic_write_text(folder / f'{role}.json', json.dumps(info, indent=1))
     if log is not None and Path(log).is_file(): atomic_write_text(folder / f'{role}_log.csv', Path(log).read_text())
-    for g in folder.glob(f'{role}*'): os.chmod(g, 0o644)
+    for g in folder.glob(f'{role}*'): os.chmod(g, 0o644)   # package data: readable by everyone (atomic files start 0600)
     return info
 
 def shipped_model(role='teacher', folder=WEIGHTS) -> nn.Module:
