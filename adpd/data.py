@@ -22,7 +22,7 @@ from .synthetic import make_synthetic_coco
 
 # %% auto #0
 __all__ = ['PoseRecords', 'read_image', 'reduce_factor', 'TopDownDataset', 'load_coco_json', 'CocoKeypoints', 'MPIIKeypoints',
-           'PoseTargets', 'pose_dls']
+           'PoseTargets', 'PoseDL', 'pose_dls']
 
 # %% ../nbs/02_data.ipynb #c283159e
 @dataclass
@@ -279,13 +279,25 @@ class PoseTargets(ItemTransform):
                                  self.joint_weights, self.subpixel)
         return (to_input(img), hm, tw)
 
+class PoseDL(DataLoader):
+    "A fastai `DataLoader` of pose batches `(x, hm, tw)` that knows how to draw them (as `TfmdDL` does for its types)."
+    def show_batch(self, b=None, max_n:int=9, ctxs=None, **kwargs):
+        "Draw `max_n` samples of `b` (one batch of `self` when None): crop, skeleton and targets (`adpd.viz.show_pose_batch`)."
+        from adpd.viz import show_pose_batch
+        return show_pose_batch(self.dataset.spec, self.one_batch() if b is None else b, max_n=max_n, ctxs=ctxs, **kwargs)
+
+    def show_results(self, b, out, max_n:int=9, ctxs=None, **kwargs):
+        "Draw `max_n` samples of `b` with predicted heatmaps `out` (`adpd.viz.show_pose_results`)."
+        from adpd.viz import show_pose_results
+        return show_pose_results(self.dataset.spec, b, out, max_n=max_n, ctxs=ctxs, **kwargs)
+
 def pose_dls(train_ds, valid_ds, bs=32, val_bs=None, num_workers=None, device=None, sigma=2., joint_weights=None,
              subpixel=False, **kwargs) -> DataLoaders:
-    "fastai `DataLoaders` over two `TopDownDataset`s whose batches are `(x, hm, tw)`, targets built on `device`."
+    "fastai `DataLoaders` (two `PoseDL`) over two `TopDownDataset`s whose batches are `(x, hm, tw)`, targets built on `device`."
     if num_workers is None: num_workers = min(4, (os.cpu_count() or 1))
     if device is None: device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     tfm = PoseTargets(train_ds.heatmap_size, sigma, joint_weights, subpixel)
-    mk = lambda ds, shuffle, b: DataLoader(ds, bs=b, shuffle=shuffle, drop_last=shuffle and len(ds) >= b,
+    mk = lambda ds, shuffle, b: PoseDL(ds, bs=b, shuffle=shuffle, drop_last=shuffle and len(ds) >= b,
                                            num_workers=num_workers, after_batch=tfm, device=device, **kwargs)
     dls = DataLoaders(mk(train_ds, True, bs), mk(valid_ds, False, val_bs or bs), device=device)
     dls.n_inp = 1

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_models.ipynb #77bb8952
 from __future__ import annotations
-import math, pickle, time, warnings
+import math, pickle, re, time, warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
@@ -13,12 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from .core import eval_mode, n_params, last_heatmaps
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 # %% auto #0
 __all__ = ['POSE_MODELS', 'init_pose_weights', 'joint_params', 'HRModule', 'PoseHRNet', 'pose_hrnet', 'deconv_layers',
            'PoseResNet', 'pose_resnet', 'DeconvPoseNet', 'pose_torchvision', 'TimmPoseNet', 'pose_timm', 'FPNPoseNet',
-           'pose_fpn', 'HourglassResidual', 'Hourglass', 'PoseHourglass', 'pose_hourglass', 'last_heatmaps',
+           'pose_fpn', 'HourglassResidual', 'Hourglass', 'PoseHourglass', 'pose_hourglass', 'TinyPoseNet',
            'create_pose_model', 'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'model_stats']
 
 # %% ../nbs/03_models.ipynb #62363697
@@ -148,9 +149,10 @@ def deconv_layers(cin, channels=(256, 256, 256), kernel=4):
     return nn.Sequential(*layers)
 
 class PoseResNet(nn.Module):
-    "SimpleBaseline: torchvision ResNet-`depth` without pool/fc, `deconv_layers`, 1×1 `final_layer`."
+    "SimpleBaseline: torchvision ResNet-`depth` without pool/fc, `deconv_layers` (`deconv_channels`: one int for all three), 1×1 `final_layer`."
     def __init__(self, depth=50, num_joints=17, deconv_channels=(256, 256, 256), deconv_kernel=4):
         super().__init__()
+        if isinstance(deconv_channels, int): deconv_channels = (deconv_channels,) * 3
         if depth not in (18, 34, 50, 101, 152): raise ValueError(f"PoseResNet: depth must be 18, 34, 50, 101 or 152, not {depth}")
         net = getattr(torchvision.models, f'resnet{depth}')(weights=None, zero_init_residual=True)   # each block starts as identity
         for n in ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4'): setattr(self, n, getattr(net, n))
@@ -197,9 +199,7 @@ class DeconvPoseNet(nn.Module):
 @torch.no_grad()
 def _probe(backbone, size=64):
     "Channels and stride of the last feature map of `backbone`, from one small forward pass in eval mode."
-    was = backbone.training
-    f = backbone.eval()(torch.zeros(1, 3, size, size))
-    backbone.train(was)
+    with eval_mode(backbone): f = backbone(torch.zeros(1, 3, size, size))
     if isinstance(f, (list, tuple)): f = f[-1]
     return f.shape[1], size // f.shape[-1]
 
@@ -324,9 +324,18 @@ def pose_hourglass(n_stacks=8, num_joints=17, **kwargs):
     "Stacked hourglass with `n_stacks` stacks (for MPII pass `num_joints=16`)."
     return PoseHourglass(n_stacks, num_joints, **kwargs)
 
-def last_heatmaps(out):
-    "The final heatmaps `(B, K, H, W)` of a model output: the tensor itself, or the last stack's."
-    return out[-1] if isinstance(out, (list, tuple)) else out
+# %% ../nbs/03_models.ipynb #9506b09f
+class TinyPoseNet(nn.Module):
+    "A tiny stride-4 pose net for tests and quick demos: `(B, 3, H, W)` → heatmaps `(B, K, H/4, W/4)`."
+    def __init__(self, num_joints=17, width=16):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU())
+        self.final_layer = nn.Conv2d(width, num_joints, 1)
+
+    def forward(self, x): return self.final_layer(self.body(x))
 
 # %% ../nbs/03_models.ipynb #61078301
 POSE_MODELS = {
@@ -336,14 +345,27 @@ POSE_MODELS = {
     **{f'hourglass_{n}': partial(pose_hourglass, n) for n in (4, 8)},
 }
 
+def _build(name, num_joints, **kwargs):
+    "The model a name without `-d<N>` stands for."
+    m = re.fullmatch(r'tiny(?:-w(\d+))?', name)
+    if m: return TinyPoseNet(num_joints, int(m.group(1) or 16), **kwargs)
+    if name.startswith('timm:'): return pose_timm(name[5:], num_joints, **kwargs)
+    if name.startswith('fpn:'): return pose_fpn(name[4:], num_joints, **kwargs)
+    if name in POSE_MODELS: return POSE_MODELS[name](num_joints=num_joints, **kwargs)
+    raise ValueError(f"create_pose_model: unknown model {name!r}; known: {', '.join(POSE_MODELS)}, timm:<any timm model>, "
+                     "fpn:<timm model>, tiny, tiny-w<N>; any but hrnet/hourglass/tiny with -d<N> for an N-channel head")
+
 def create_pose_model(name, num_joints=17, pretrained=None, **kwargs):
-    "Pose model `name` (see `POSE_MODELS`, or `timm:<name>`): `(B, 3, H, W)` → heatmaps `(B, K, H/4, W/4)`."
+    """Pose model `name`: `(B, 3, H, W)` → heatmaps `(B, K, H/4, W/4)`. Names: `POSE_MODELS`, `timm:<name>`, `fpn:<name>`,
+    `tiny`/`tiny-w<N>` (`TinyPoseNet` of width N); a `-d<N>` suffix gives the deconv (or FPN) head N channels."""
     if not isinstance(num_joints, int) or num_joints < 1:
         raise ValueError(f"create_pose_model: num_joints must be a positive int, not {num_joints!r}")
-    if name.startswith('timm:'): model = pose_timm(name[5:], num_joints, **kwargs)
-    elif name.startswith('fpn:'): model = pose_fpn(name[4:], num_joints, **kwargs)
-    elif name in POSE_MODELS: model = POSE_MODELS[name](num_joints=num_joints, **kwargs)
-    else: raise ValueError(f"create_pose_model: unknown model {name!r}; known: {', '.join(POSE_MODELS)}, timm:<any timm model>, fpn:<timm model>")
+    m = re.fullmatch(r'(.+?)-d(\d+)', name)
+    if m:
+        name, d = m.group(1), int(m.group(2))
+        if name.startswith(('hrnet', 'hourglass', 'tiny')): raise ValueError(f"create_pose_model: {name} has no deconv head to resize (-d{d})")
+        kwargs['fpn_channels' if name.startswith('fpn:') else 'deconv_channels'] = d
+    model = _build(name, num_joints, **kwargs)
     if pretrained is None or pretrained is False: return model
     if pretrained is True: raise ValueError("create_pose_model: nothing is downloaded; pass the path or state dict of local ImageNet or pose weights")
     sd = read_state_dict(pretrained)
@@ -463,12 +485,10 @@ def model_stats(model, input_size=(192, 256), batch_size=1, latency=True, n_runs
     w, h = input_size
     p = next(model.parameters())
     x = torch.randn(1, 3, h, w, device=p.device, dtype=p.dtype)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             with FlopCounterMode(display=False) as fc: model(x)
-            res = dict(params=sum(q.numel() for q in model.parameters()), gmacs=fc.get_total_flops() / 2e9,
+            res = dict(params=n_params(model), gmacs=fc.get_total_flops() / 2e9,
                        gflops_paper=_paper_macs(model, x) / 2 ** 30, latency_ms=None)
         if latency and p.device.type != 'meta':
             xb = torch.randn(batch_size, 3, h, w, device=p.device, dtype=p.dtype)
@@ -479,5 +499,4 @@ def model_stats(model, input_size=(192, 256), batch_size=1, latency=True, n_runs
                     sync(); t0 = time.perf_counter(); model(xb); sync()
                     if i >= warmup: ts.append(time.perf_counter() - t0)
             res['latency_ms'] = min(ts) / batch_size * 1e3
-    finally: model.train(was)
     return res

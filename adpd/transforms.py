@@ -106,12 +106,9 @@ def decode_heatmaps(hm):
     "Keypoints `kp (B, K, 2)` in heatmap pixels and max values `(B, K)` from `hm (B, K, H, W)`."
     B, K, H, W = hm.shape
     flat = hm.detach().reshape(B, K, H * W)
-    if flat.is_cuda: idx = flat.argmax(-1)
-    else: idx = torch.from_numpy(flat.float().numpy().argmax(-1))   # numpy's SIMD argmax: ~10x torch's on CPU
-    maxvals = flat.gather(-1, idx[..., None])[..., 0]
-    x, y = idx % W, torch.div(idx, W, rounding_mode='floor')
+    xy, maxvals = heatmap_argmax(hm)
     ok = maxvals > 0
-    x, y = x * ok, y * ok
+    x, y = xy[..., 0] * ok, xy[..., 1] * ok
     inner = ok & (x > 1) & (x < W - 1) & (y > 1) & (y < H - 1)
     at = lambda dx, dy: flat.gather(-1, ((y + dy).clamp(0, H - 1) * W + (x + dx).clamp(0, W - 1))[..., None])[..., 0]
     dxy = torch.stack([at(1, 0) - at(-1, 0), at(0, 1) - at(0, -1)], -1)

@@ -16,8 +16,6 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.ticker import NullFormatter
 from matplotlib.figure import Figure
-from fastcore.basics import patch
-from fastai.data.load import DataLoader
 from .core import *
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, box_to_center_scale, get_affine, encode_heatmaps,
                              decode_heatmaps, to_input)
@@ -25,8 +23,9 @@ from .losses import TERMS, decoupled_kd, decoupled_distributions, joint_mean
 from .data import TopDownDataset, read_image
 
 # %% auto #0
-__all__ = ['DECOUPLING_PANELS', 'VIEWS', 'show_pose', 'show_heatmaps', 'denormalize', 'decoupling_data', 'draw_decoupling',
-           'pair_heatmaps', 'item_heatmaps', 'image_heatmaps', 'show_decoupling', 'HeatmapInspector']
+__all__ = ['DECOUPLING_PANELS', 'VIEWS', 'show_pose', 'show_heatmaps', 'denormalize', 'show_pose_batch', 'show_pose_results',
+           'decoupling_data', 'draw_decoupling', 'pair_heatmaps', 'item_heatmaps', 'image_heatmaps', 'show_decoupling',
+           'HeatmapInspector']
 
 # %% ../nbs/07_viz.ipynb #f3257b22
 def _hwc(img):
@@ -101,14 +100,6 @@ def _overlay(ax, img, hm, alpha=.6, cmap='magma', norm=None, title=None):
     ax.axis('off')
     return ax
 
-def _pose_ds(dl, fn):
-    "The `TopDownDataset` behind `dl`, or a clear error."
-    ds = getattr(dl, 'dataset', None)
-    if not isinstance(ds, TopDownDataset):
-        raise TypeError(f"adpd.viz: DataLoader.{fn} draws pose batches (x, hm, tw) of an adpd TopDownDataset "
-                        f"(e.g. from adpd.data.pose_dls); this DataLoader's dataset is a {type(ds).__name__}")
-    return ds
-
 def _sample_axes(n, per, ncols, size, aspect, ctxs=None):
     "`n` groups of `per` axes, `ncols` groups a row (or the axes `ctxs` given): `(fig, [[ax] * per] * n)`."
     if ctxs is not None:
@@ -132,37 +123,31 @@ def _batch_parts(b, max_n):
     kp, _ = decode_heatmaps(hm)
     return img, hm, tw, kp, img.shape[-1] / hm.shape[-1]
 
-@patch
-def show_batch(self:DataLoader, b=None, max_n:int=9, ctxs=None, ncols:int=3, heatmaps:bool=True, size:float=2., **kwargs):
-    "Draw `max_n` samples of a pose batch `b = (x, hm, tw)` (one from `self` when None): crop and skeleton, and the targets over the crop."
-    ds = _pose_ds(self, 'show_batch')
-    if b is None: b = self.one_batch()
+def show_pose_batch(spec:KeypointSpec, b, max_n:int=9, ctxs=None, ncols:int=3, heatmaps:bool=True, size:float=2., **kwargs):
+    "Draw `max_n` samples of a pose batch `b = (x, hm, tw)`: crop and skeleton, and the targets over the crop (`PoseDL.show_batch`)."
     img, hm, tw, kp, stride = _batch_parts(b, max_n)
     per = 2 if heatmaps else 1
     fig, groups = _sample_axes(len(img), per, ncols, size, img.shape[-2] / img.shape[-1], ctxs)
     for i, axs in enumerate(groups):
-        show_pose(img[i], kp[i], 2 * (tw[i] > 0), ds.spec, ax=axs[0], scale=stride, title=f'sample {i}', **kwargs)
+        show_pose(img[i], kp[i], 2 * (tw[i] > 0), spec, ax=axs[0], scale=stride, title=f'sample {i}', **kwargs)
         axs[0].set_label(f'pose {i}')
         if heatmaps:
             _overlay(axs[1], img[i], hm[i].amax(0), title='targets')
             axs[1].set_label(f'targets {i}')
 
-@patch
-def show_results(self:DataLoader, b, out, max_n:int=9, ctxs=None, ncols:int=3, heatmaps:bool=True, size:float=2., **kwargs):
-    "Draw `max_n` samples of `b = (x, hm, tw)` with predicted heatmaps `out (B, K, H, W)`: target skeleton, predicted skeleton, predictions over the crop."
-    ds = _pose_ds(self, 'show_results')
+def show_pose_results(spec:KeypointSpec, b, out, max_n:int=9, ctxs=None, ncols:int=3, heatmaps:bool=True, size:float=2., **kwargs):
+    "Draw `max_n` samples of `b = (x, hm, tw)` with predicted heatmaps `out (B, K, H, W)`: target skeleton, predicted skeleton, predictions over the crop (`PoseDL.show_results`)."
     img, hm, tw, kp, stride = _batch_parts(b, max_n)
-    out = out[-1] if isinstance(out, (list, tuple)) else out
-    out = out[:len(img)].detach().float().cpu()
+    out = last_heatmaps(out)[:len(img)].detach().float().cpu()
     if out.shape != hm.shape:
-        raise ValueError(f"adpd.viz: DataLoader.show_results: predicted heatmaps {tuple(out.shape)} and targets {tuple(hm.shape)} differ")
+        raise ValueError(f"adpd.viz.show_pose_results: predicted heatmaps {tuple(out.shape)} and targets {tuple(hm.shape)} differ")
     pk, _ = decode_heatmaps(out)
     per = 3 if heatmaps else 2
     fig, groups = _sample_axes(len(img), per, ncols, size, img.shape[-2] / img.shape[-1], ctxs)
     for i, axs in enumerate(groups):
         vis = 2 * (tw[i] > 0)                      # predicted joints drawn where the target is labelled
-        show_pose(img[i], kp[i], vis, ds.spec, ax=axs[0], scale=stride, title='target', **kwargs)
-        show_pose(img[i], pk[i], vis, ds.spec, ax=axs[1], scale=stride, title='prediction', **kwargs)
+        show_pose(img[i], kp[i], vis, spec, ax=axs[0], scale=stride, title='target', **kwargs)
+        show_pose(img[i], pk[i], vis, spec, ax=axs[1], scale=stride, title='prediction', **kwargs)
         axs[0].set_label(f'target {i}'); axs[1].set_label(f'prediction {i}')
         if heatmaps:
             _overlay(axs[2], img[i], out[i].amax(0), title='predicted heatmaps')
@@ -184,12 +169,8 @@ def _one_sample(x, name, fn='decoupling_data'):
 def _weights(weight_net, s, t, terms):
     "The `(3,)` weights of one sample from a `WeightNet` or an `ADPDLoss` (its bounded weights), in eval mode, without gradients."
     dev = next(weight_net.parameters()).device
-    mode = weight_net.training
-    weight_net.eval()
     f = getattr(weight_net, 'weights', weight_net)
-    try:
-        with torch.no_grad(): w = f(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
-    finally: weight_net.train(mode)
+    with eval_mode(weight_net), torch.no_grad(): w = f(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
     return w[0].float().cpu()
 
 def decoupling_data(student, teacher, target, joint:int=0, T=1., thr=.5, target_weight=None, weight_net=None) -> dict:
@@ -310,12 +291,7 @@ def draw_decoupling(fig, d:dict, img=None, spec:KeypointSpec=COCO17, view='teach
 def _run(model, x):
     "Final heatmaps `(B, K, H, W)`, float on the CPU, of `model` on inputs `x`, in eval mode without gradients."
     dev = next(model.parameters(), torch.empty(0)).device
-    mode = model.training
-    model.eval()
-    try:
-        with torch.no_grad(): out = model(x.to(dev))
-    finally: model.train(mode)
-    return (out[-1] if isinstance(out, (list, tuple)) else out).float().cpu()
+    with eval_mode(model), torch.no_grad(): return last_heatmaps(model(x.to(dev))).float().cpu()
 
 def pair_heatmaps(student, teacher, img):
     "Student and teacher heatmaps `(B, K, H, W)` of uint8 RGB crops `img (B, 3, H, W)`; the teacher's resized to the student's size."
@@ -347,9 +323,8 @@ def image_heatmaps(fn, student, teacher, box=None, image_size=(192, 256), sigma=
     img = torch.from_numpy(np.ascontiguousarray(crop[:, :, ::-1].transpose(2, 0, 1)))
     s, t = pair_heatmaps(student, teacher, img)
     H, W = s.shape[-2:]
-    i = t.flatten(2).argmax(-1)                                       # (1, K): the teacher's peaks, whatever their height
-    kp = torch.stack([i % W, torch.div(i, W, rounding_mode='floor')], -1).float()
-    target, tw = encode_heatmaps(kp, torch.ones(i.shape), (W, H), sigma)
+    kp = heatmap_argmax(t)[0].float()                                 # (1, K, 2): the teacher's peaks, whatever their height
+    target, tw = encode_heatmaps(kp, torch.ones(kp.shape[:2]), (W, H), sigma)
     return dict(student=s, teacher=t, target=target, target_weight=tw, img=img)
 
 # %% ../nbs/07_viz.ipynb #f6e9f5d3

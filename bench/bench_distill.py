@@ -12,7 +12,8 @@ KD/pose gradient ratio). Every number is measured in this run; nothing is read f
 import argparse, contextlib, csv, io, sys
 from pathlib import Path
 import numpy as np
-from adpd.train import main, kd_summary
+from adpd.train import main
+from adpd.recipes import kd_summary
 
 def demo(out, seeds, epochs, *flags):
     "Run `adpd_train demo` into `out`; its per-seed rows from results.csv."

@@ -2,7 +2,9 @@
 import json, shutil
 from pathlib import Path
 import numpy as np, pytest, torch
-from adpd.train import WEIGHTS, SHIPPED, BENCH, TrainError, shipped_model, sha256, bench_data, n_params, parse_size
+from adpd.recipes import WEIGHTS, SHIPPED, BENCH, shipped_model, sha256, bench_data, parse_size
+from adpd.run import TrainError
+from adpd.core import n_params
 from adpd.evaluate import coco_evaluate
 from adpd.models import model_stats
 from adpd.data import pose_dls

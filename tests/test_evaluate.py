@@ -5,7 +5,8 @@ import cv2, numpy as np, pytest, torch
 from adpd.core import COCO17, KeypointSpec
 from adpd.data import CocoKeypoints, MPIIKeypoints, PoseRecords
 from adpd.transforms import PIXEL_STD
-from adpd.evaluate import (COCO_METRICS, rescore, oks_iou, oks_nms, predict_keypoints, HeatmapOracle, gt_keypoints,
+from adpd.testing import HeatmapOracle
+from adpd.evaluate import (COCO_METRICS, rescore, oks_iou, oks_nms, predict_keypoints, gt_keypoints,
                            coco_results, coco_keypoint_eval, coco_evaluate, pckh)
 
 ANN, DET = 'person_keypoints_tiny.json', 'person_detection_results_tiny.json'

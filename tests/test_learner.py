@@ -6,9 +6,11 @@ from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.progress import CSVLogger
 from fastai.learner import load_learner
-from adpd.learner import distill_learner, pose_learner, DistillCallback, with_coco_eval
+from adpd.learner import distill_learner, pose_learner, DistillCallback, with_eval
+from adpd.evaluate import coco_evaluate
 from adpd.models import load_pose_checkpoint
-from adpd.testing import TinyPoseNet, synth_dls
+from adpd.models import TinyPoseNet
+from adpd.testing import synth_dls, GroupLRs
 
 @pytest.fixture(scope='module')
 def dls(tmp_path_factory): return synth_dls(tmp_path_factory.mktemp('synth'), n_images=16, bs=8)
@@ -78,7 +80,7 @@ def test_fastai_tools_keep_working(dls, tmp_path):
         warnings.simplefilter('ignore')
         res = learn.lr_find(num_it=6, show_plot=False)
         assert math.isfinite(res.valley)
-        learn.fit_one_cycle(2, 1e-3, cbs=[GradientAccumulation(16), SaveModelCallback(fname='best'), CSVLogger(fname='log.csv')])
+        learn.fit_one_cycle(2, cbs=[GradientAccumulation(16), SaveModelCallback(fname='best'), CSVLogger(fname='log.csv')])
     assert learn.opt.hypers[-1]['lr'] == pytest.approx(3 * learn.opt.hypers[0]['lr'])
     assert (tmp_path / 'models' / 'best.pth').exists()
     log = (tmp_path / 'log.csv').read_text().splitlines()
@@ -110,17 +112,12 @@ def test_unknown_kd_and_plain_training(dls):
     learn = distill_learner(dls, TinyPoseNet(), None, kd=None)
     assert not hasattr(learn, 'distiller') and [m.name for m in learn.metrics] == ['pck']
 
-class _LRs(Callback):
-    "Record the learning rate of every parameter group at each optimizer step."
-    order = 100
-    def before_fit(self): self.lrs = []
-    def after_step(self): self.lrs.append([h['lr'] for h in self.opt.hypers])
-
 def test_weight_lr_follows_the_schedule(dls):
     "The weight net's lr is `weight_lr_mult` times the student's at every step, through the one-cycle schedule and after it."
-    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(width=24), kd='adpd', weight_lr_mult=.01)
-    rec = _LRs()
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-3, cbs=rec)
+    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(width=24), kd='adpd', weight_lr_mult=.01, lr=1e-3)
+    np.testing.assert_allclose(learn.lr, [1e-3, 1e-5])                    # one lr per parameter group
+    rec = GroupLRs()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, cbs=rec)
     lrs = np.array(rec.lrs)
     assert len(lrs) > 2 and np.ptp(lrs[:, 0]) > 1e-4                      # the student's lr moved with the schedule
     np.testing.assert_allclose(lrs[:, -1], .01 * lrs[:, 0], rtol=1e-9)      # and the weight net's followed it
@@ -133,3 +130,15 @@ def test_adpd_options_reach_the_loss(dls):
     assert (kd(detach=False).bound, kd(detach=False).weight_net.detach) == (True, False)
     f = kd(faithful=True)
     assert (f.bound, f.weight_net.detach, f.weight_net.faithful) == (False, False, True)
+
+def test_evaluator_runs_its_function_at_the_epochs_asked(dls):
+    "with_eval(fn, every=2) over 3 epochs calls fn after epochs 2 and 3 (the last), on the unwrapped model; NaN in the other rows."
+    calls = []
+    def fn(m): calls.append(type(m).__name__); return dict(AP=len(calls) / 10, AP50=1.)
+    learn = with_eval(pose_learner(dls, TinyPoseNet()), fn, every=2)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3)
+    assert calls == ['TinyPoseNet'] * 2
+    ap = [v[learn.recorder.metric_names[1:-1].index('AP')] for v in learn.recorder.values]
+    assert math.isnan(ap[0]) and ap[1:] == [.1, .2]
+    learn.validate(); learn.get_preds()
+    assert len(calls) == 2                                                  # no evaluation outside a training epoch

@@ -3,7 +3,8 @@ import argparse, json, warnings
 import pytest, torch, torch.nn as nn, torchvision
 from adpd.core import shared_data
 from adpd.models import (POSE_MODELS, create_pose_model, load_pose_checkpoint, load_imagenet_weights, read_state_dict,
-                         model_stats, joint_params, last_heatmaps, pose_hrnet, init_pose_weights)
+                         model_stats, joint_params, pose_hrnet, init_pose_weights)
+from adpd.core import last_heatmaps
 from adpd.transforms import encode_heatmaps
 
 ALL = [*POSE_MODELS, 'timm:mobilenetv3_small_100']

@@ -2,7 +2,10 @@
 import json, os, re, shutil, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from adpd.train import main, load_checkpoint, build_model, make_parser, SHIPPED
+from adpd.train import main, make_parser
+from adpd.run import load_checkpoint
+from adpd.recipes import SHIPPED
+from adpd.models import create_pose_model as build_model
 from adpd.models import load_pose_checkpoint
 from adpd.synthetic import make_synthetic_coco
 
@@ -93,7 +96,7 @@ def straight(synth, tmp_path_factory):
 
 def run_state(out):
     ck = load_checkpoint(out / 'checkpoint.pth')
-    return ck['model'], ck['kd_loss'], ck['opt']['state']
+    return ck['model'], ck['callbacks']['distill']['kd_loss'], ck['opt']['state']
 
 def test_resume_is_exact(synth, straight, tmp_path):
     out = tmp_path / 'killed'
@@ -110,6 +113,18 @@ def test_resume_is_exact(synth, straight, tmp_path):
     r1, r2 = (json.loads((o / 'results.json').read_text()) for o in (straight, out))
     assert r1['metrics'] == pytest.approx(r2['metrics'])
     assert [h['valid_loss'] for h in r1['history']] == pytest.approx([h['valid_loss'] for h in r2['history']])
+
+def test_a_run_written_before_a_new_flag_resumes(synth, tmp_path, capsys):
+    "A run folder whose config predates a flag (no key for it) resumes while the flag keeps its default; another value is refused."
+    out = tmp_path / 'old'
+    assert main(coco_args(synth, out, '--stop-after', '1')) == 0
+    cfg = json.loads((out / 'config.json').read_text()); del cfg['bound']
+    (out / 'config.json').write_text(json.dumps(cfg))
+    ck = load_checkpoint(out / 'checkpoint.pth'); del ck['config']['bound']
+    torch.save(ck, out / 'checkpoint.pth')
+    assert main(coco_args(synth, out, '--resume')) == 0 and load_checkpoint(out / 'checkpoint.pth')['epoch'] == 2
+    capsys.readouterr()
+    assert main(coco_args(synth, out, '--resume', '--no-bound')) == 2 and 'bound: True → False' in capsys.readouterr().err
 
 def test_crash_while_writing_keeps_the_good_checkpoint(synth, straight, tmp_path, monkeypatch):
     out = tmp_path / 'crash'
