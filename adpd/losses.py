@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['TERMS', 'JointsMSELoss', 'pose_kl', 'decoupled_kd', 'decoupled_distributions', 'joint_mean', 'WeightNet',
-           'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss']
+__all__ = ['TERMS', 'RANGES', 'JointsMSELoss', 'pose_kl', 'check_range', 'decoupled_kd', 'decoupled_distributions', 'joint_mean',
+           'WeightNet', 'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss']
 
 # %% ../nbs/04_losses.ipynb #a6862b11
 def _tw(target_weight, B, K, fn):
@@ -141,10 +141,19 @@ class _DecoupledKL(torch.autograd.Function):
         return gs, gt, None, None
 
 # %% ../nbs/04_losses.ipynb #06ef4f6c
+RANGES = dict(T=('> 0', lambda v: v > 0), thr=('in (0, 1)', lambda v: 0 < v < 1), alpha=('in [0, 1]', lambda v: 0 <= v <= 1))
+
+def check_range(fn, **values):
+    "Raise a `ValueError` naming `fn`, the parameter and its valid range (`RANGES`) for any value outside it (NaN and inf included)."
+    for k, v in values.items():
+        what, ok = RANGES[k]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)):
+            raise ValueError(f"{fn}: {k} must be a finite number {what}, got {v!r}")
+
 def decoupled_kd(student, teacher, target, target_weight=None, T=1., thr=.5):
     "Decoupled KD terms between `student` and `teacher` heatmaps `(B, K, H, W)`: `dict(BiKD=, KAD=, NAD=)`, each `(B, K)` and times `T²`."
     tw = _check(student, teacher, target, target_weight, 'decoupled_kd')
-    if not T > 0: raise ValueError(f"adpd.losses.decoupled_kd: the temperature T must be > 0, got {T!r}")
+    check_range('adpd.losses.decoupled_kd', T=T, thr=thr)
     B, K = student.shape[:2]
     with torch.autocast(student.device.type, enabled=False):
         dt = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
@@ -210,7 +219,7 @@ class WeightNet(nn.Module):
         K = self.num_joints
         if student.ndim != 4 or student.shape[1] != K:
             raise ValueError(f"adpd.losses.WeightNet: built for {K} joints, got heatmaps of shape {tuple(student.shape)}")
-        x = torch.cat([student, teacher], 1)
+        x = torch.cat([student, teacher], 1).to(self.fc1.weight.dtype)     # any float heatmaps (fp16, bf16, float64)
         v = torch.cat([terms[n].reshape(-1, K) for n in TERMS], 1)
         if self.detach: x, v = x.detach(), v.detach()
         h = torch.cat([self.features(x).float(), v.float()], 1)
@@ -230,6 +239,7 @@ class DistillLoss(nn.Module):
     names = ('pose', 'kd', 'kd_grad')
     def __init__(self, alpha=.5, use_target_weight=True, track_grads=True):
         super().__init__()
+        check_range(f'adpd.losses.{type(self).__name__}', alpha=alpha)
         self.alpha, self.pose_loss, self.last, self.track_grads = alpha, JointsMSELoss(use_target_weight), {}, track_grads
 
     def kd(self, student, teacher, target, tw):
@@ -272,6 +282,7 @@ class KLPoseLoss(DistillLoss):
     names = ('pose', 'kd', 'kd_grad', 'KL')
     def __init__(self, T=1., alpha=.5, use_target_weight=True):
         super().__init__(alpha, use_target_weight)
+        check_range('adpd.losses.KLPoseLoss', T=T)
         self.T = T
 
     def kd(self, student, teacher, target, tw):
@@ -286,6 +297,7 @@ class ADPDLoss(DistillLoss):
     def __init__(self, num_joints:int, T=1., thr=.5, alpha=.5, faithful=False, detach=None, bound=None, hidden:int=None,
                  use_target_weight=True):
         super().__init__(alpha, use_target_weight)
+        check_range('adpd.losses.ADPDLoss', T=T, thr=thr)
         self.T, self.thr = T, thr
         self.bound = (not faithful) if bound is None else bound
         self.weight_net = WeightNet(num_joints, hidden, faithful, (not faithful) if detach is None else detach)

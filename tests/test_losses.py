@@ -251,7 +251,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match='teacher heatmaps .* differ'): decoupled_kd(s, t[..., :8], target)
     with pytest.raises(ValueError, match='target heatmaps'): decoupled_kd(s, t, target[:, :4])
     with pytest.raises(ValueError, match='target_weight'): decoupled_kd(s, t, target, tw[:, :4])
-    with pytest.raises(ValueError, match='T must be > 0'): decoupled_kd(s, t, target, T=-1)
+    with pytest.raises(ValueError, match='T must be a finite number > 0'): decoupled_kd(s, t, target, T=-1)
     with pytest.raises(ValueError, match='\\(B, K, H, W\\)'): decoupled_kd(s[0], t[0], target[0])
     with pytest.raises(ValueError, match='teacher heatmaps'): ADPDLoss(6)(s, t[:, :, :8], target, tw)
     with pytest.raises(ValueError, match='built for 5 joints'): ADPDLoss(5)(s, t, target, tw)
@@ -318,3 +318,24 @@ def test_no_detach_lets_the_weight_net_push_the_student():
         loss(sp, t, target, tw).backward()
         grads[detach] = sp.grad
     assert not torch.allclose(grads[True], grads[False])
+
+# --- settings are checked when a loss is built; any float dtype goes in ----------------------------------------------
+@pytest.mark.parametrize('make, msg', [
+    (lambda: ADPDLoss(17, thr=0.), r'ADPDLoss: thr must be a finite number in \(0, 1\), got 0.0'),
+    (lambda: ADPDLoss(17, thr=1.5), r'thr must be a finite number in \(0, 1\)'),
+    (lambda: ADPDLoss(17, T=0.), r'ADPDLoss: T must be a finite number > 0'),
+    (lambda: ADPDLoss(17, T=float('nan')), r'T must be a finite number > 0, got nan'),
+    (lambda: ADPDLoss(17, alpha=1.5), r'alpha must be a finite number in \[0, 1\]'),
+    (lambda: KLPoseLoss(T=-1.), r'KLPoseLoss: T must be a finite number > 0, got -1.0'),
+    (lambda: FPDLoss(alpha=-.1), r'FPDLoss: alpha must be'),
+    (lambda: decoupled_kd(*torch.rand(3, 1, 2, 4, 4), thr=1.), r'decoupled_kd: thr must be')])
+def test_loss_settings_are_checked_when_built(make, msg):
+    with pytest.raises(ValueError, match=msg): make()
+
+@pytest.mark.parametrize('dt', [torch.float16, torch.bfloat16, torch.float64])
+def test_adpd_takes_any_float_dtype(dt):
+    torch.manual_seed(0)
+    s, t, tg = torch.randn(2, 17, 16, 12), torch.randn(2, 17, 16, 12), torch.rand(2, 17, 16, 12)
+    ref = ADPDLoss(17)(s, t, tg)
+    got = ADPDLoss(17)(s.to(dt), t.to(dt), tg.to(dt))
+    assert torch.isfinite(got) and float(got) == pytest.approx(float(ref), rel=.05)

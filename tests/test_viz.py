@@ -180,7 +180,7 @@ def test_show_decoupling_views_edge_cases_and_errors():
     fig = show_decoupling(s[0], t[0], tg[0], joint=1, view='difference', dpi=50)
     np.testing.assert_allclose(image_data(panels(fig)['image']), (s - t)[0, 1].numpy(), rtol=1e-6)
     assert 'no weight net' in [x.get_text() for x in panels(fig)['weights'].texts]
-    fig = show_decoupling(s[0], t[0], tg[0], joint=1, thr=1.5, dpi=50)            # no pixel above thr: empty area
+    fig = show_decoupling(s[0], t[0], tg[0] * .4, joint=1, thr=.5, dpi=50)       # no pixel above thr: empty area
     d = fig.decoupling['terms']                    # all pixels are outside: NAD is the whole KL
     assert d['BiKD'] == d['KAD'] == 0 and d['NAD'] == pytest.approx(float(pose_kl(s, t)[0, 1]), rel=1e-5)
     assert 'empty keypoint area' in [x.get_text() for x in panels(fig)['KAD teacher'].texts]
