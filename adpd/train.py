@@ -4,30 +4,61 @@
 
 # %% ../nbs/09_train.ipynb #585fe7d0
 from __future__ import annotations
-import argparse, contextlib, dataclasses, os, sys, warnings
+import argparse, contextlib, dataclasses, math, os, re, sys, warnings
 from pathlib import Path
 from fastcore.imports import in_ipython
 
 # %% auto #0
-__all__ = ['make_parser', 'config_from_args', 'main']
+__all__ = ['POS_INT', 'NONNEG_INT', 'POS', 'UNIT', 'OPEN_UNIT', 'make_parser', 'config_from_args', 'main']
 
 # %% ../nbs/09_train.ipynb #f71190b6
+def _num(kind, ok, what):
+    "An argparse type: `kind(s)` (int or float) that is finite and satisfies `ok`, else an error saying it must be `what`."
+    def parse(s):
+        try: v = kind(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(v) and ok(v)): raise argparse.ArgumentTypeError(f"{s!r}: must be {what}")
+        return v
+    return parse
+
+POS_INT, NONNEG_INT = _num(int, lambda v: v >= 1, 'an integer ≥ 1'), _num(int, lambda v: v >= 0, 'an integer ≥ 0')
+POS, UNIT, OPEN_UNIT = _num(float, lambda v: v > 0, '> 0'), _num(float, lambda v: 0 <= v <= 1, 'in [0, 1]'), _num(float, lambda v: 0 < v < 1, 'in (0, 1)')
+
+def _ints(s):
+    "'170,200' → (170, 200): comma-separated integers ≥ 0."
+    try: return tuple(NONNEG_INT(x.strip()) for x in str(s).split(',') if x.strip())
+    except argparse.ArgumentTypeError as e: raise argparse.ArgumentTypeError(f"{s!r}: comma-separated integers ≥ 0, e.g. 170,200 ({e})") from None
+
+def _size(s):
+    "'256x192': height x width, both positive multiples of 4."
+    m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
+    if not m or any(int(v) <= 0 or int(v) % 4 for v in m.groups()):
+        raise argparse.ArgumentTypeError(f"{s!r}: write HxW, both positive multiples of 4 (heatmaps are 1/4 of the input), e.g. 256x192")
+    return s
+
+def _kds(s):
+    "'none,adpd' → ('none', 'adpd')."
+    kds = tuple(k.strip() for k in str(s).split(',') if k.strip())
+    bad = [k for k in kds if k not in ('none', 'fpd', 'kl', 'adpd')]
+    if bad or not kds: raise argparse.ArgumentTypeError(f"{s!r}: unknown {bad}; choose from none, fpd, kl, adpd")
+    return kds
+
 def _common(p):
     "Flags every command has: the run (not part of its identity but --seed and --precision) and the distillation settings."
     g = p.add_argument_group('run')
     g.add_argument('--out', help='run folder (default: runs/<command>...)')
     g.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint (or read back a finished one)')
-    g.add_argument('--stop-after', type=int, metavar='N', help='stop cleanly after epoch N (checkpoint written); continue with --resume')
+    g.add_argument('--stop-after', type=POS_INT, metavar='N', help='stop cleanly after epoch N (checkpoint written); continue with --resume')
     g.add_argument('--seed', type=int, default=0)
-    g.add_argument('--workers', type=int, help='data loader processes (default: 0 on CPU, min(8, cores) on GPU)')
-    g.add_argument('--threads', type=int, help='torch CPU threads (default: the cores, shared out among the processes)')
+    g.add_argument('--workers', type=NONNEG_INT, help='data loader processes (default: 0 on CPU, min(8, cores) on GPU)')
+    g.add_argument('--threads', type=POS_INT, help='torch CPU threads (default: the cores, shared out among the processes)')
     g.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default='fp32', help='mixed precision (GPU)')
     g.add_argument('--no-bar', action='store_true', help='no progress bars')
     k = p.add_argument_group('distillation')
-    k.add_argument('--alpha', type=float, default=.5, help='weight of the KD loss: (1-alpha)·MSE + alpha·KD')
-    k.add_argument('--T', type=float, default=1., help='softmax temperature of the heatmaps')
-    k.add_argument('--thr', type=float, default=.5, help='keypoint-area threshold on the target heatmap')
-    k.add_argument('--weight-lr', type=float, help="peak learning rate of the ADPD weight net (default: the student's); it follows the student's schedule")
+    k.add_argument('--alpha', type=UNIT, default=.5, help='weight of the KD loss: (1-alpha)·MSE + alpha·KD')
+    k.add_argument('--T', type=POS, default=1., help='softmax temperature of the heatmaps')
+    k.add_argument('--thr', type=OPEN_UNIT, default=.5, help='keypoint-area threshold on the target heatmap')
+    k.add_argument('--weight-lr', type=POS, help="peak learning rate of the ADPD weight net (default: the student's); it follows the student's schedule")
     k.add_argument('--detach', action=argparse.BooleanOptionalAction, default=True,
                    help="ADPD: the weight net sees the heatmaps detached from the student (default); --no-detach lets the "
                         "student's gradient flow through the weights, as published")
@@ -51,17 +82,17 @@ def _recipe_parser(sub, name, presets, paper, layout):
     p.add_argument('--student', help='student architecture: hrnet_w32, resnet_50, mobilenet_v2, timm:<name>, fpn:<name>, tiny[-wN], [-dN]...')
     p.add_argument('--student-weights', metavar='PATH', help='initialise the student from a checkpoint')
     p.add_argument('--kd', choices=('adpd', 'fpd', 'kl', 'none'), default=paper.kd)
-    p.add_argument('--epochs', type=int, default=paper.epochs)
-    p.add_argument('--lr', type=float, default=paper.lr)
-    p.add_argument('--lr-steps', default=','.join(map(str, paper.lr_steps)), help='epochs at which the LR is multiplied by --lr-factor')
-    p.add_argument('--lr-factor', type=float, default=paper.lr_factor)
-    p.add_argument('--bs', type=int, default=paper.bs, help='batch size per process (GPU)')
-    p.add_argument('--image-size', default=paper.image_size, help='input HxW')
-    p.add_argument('--eval-every', type=int, default=paper.eval_every, help='evaluate on the validation set every N epochs (0: only at the end)')
+    p.add_argument('--epochs', type=POS_INT, default=paper.epochs)
+    p.add_argument('--lr', type=POS, default=paper.lr)
+    p.add_argument('--lr-steps', type=_ints, default=paper.lr_steps, help='epochs at which the LR is multiplied by --lr-factor')
+    p.add_argument('--lr-factor', type=POS, default=paper.lr_factor)
+    p.add_argument('--bs', type=POS_INT, default=paper.bs, help='batch size per process (GPU)')
+    p.add_argument('--image-size', type=_size, default=paper.image_size, help='input HxW')
+    p.add_argument('--eval-every', type=NONNEG_INT, default=paper.eval_every, help='evaluate on the validation set every N epochs (0: only at the end)')
     p.add_argument('--no-flip', dest='flip', action='store_false', help='no flip test')
     if name == 'coco':
         p.add_argument('--det-file', metavar='F', help='person detections (COCO results json) for the final evaluation')
-        p.add_argument('--det-thr', type=float, default=paper.det_thr, help='drop detections scoring below this')
+        p.add_argument('--det-thr', type=UNIT, default=paper.det_thr, help='drop detections scoring below this')
     return _common(p)
 
 # %% ../nbs/09_train.ipynb #f195a12f
@@ -78,16 +109,16 @@ def make_parser():
                                    '--train-student regenerate the shipped weights.')
     d.add_argument('--quick', action='store_true', help='a tiny dataset, one epoch, two seeds: a smoke test in seconds')
     d.add_argument('--data-root', default='~/.cache/adpd/synthetic', help='where the synthetic dataset is cached')
-    d.add_argument('--n-images', type=int, help=f"synthetic images (default {D.n_images}, quick {QUICK.n_images})")
-    d.add_argument('--epochs', type=int, help=f"fine-tuning epochs of each student run (default {D.epochs})")
-    d.add_argument('--bs', type=int, help=f"batch size (default {D.bs})")
-    d.add_argument('--lr', type=float, help=f"peak learning rate of the fine-tuning (default {D.lr})")
-    d.add_argument('--kd', help=f"comma-separated student runs among none, fpd, kl, adpd (default {','.join(D.kd)})")
-    d.add_argument('--seeds', help=f"comma-separated seeds (default {','.join(map(str, D.seeds))})")
+    d.add_argument('--n-images', type=POS_INT, help=f"synthetic images (default {D.n_images}, quick {QUICK.n_images})")
+    d.add_argument('--epochs', type=POS_INT, help=f"fine-tuning epochs of each student run (default {D.epochs})")
+    d.add_argument('--bs', type=POS_INT, help=f"batch size (default {D.bs})")
+    d.add_argument('--lr', type=POS, help=f"peak learning rate of the fine-tuning (default {D.lr})")
+    d.add_argument('--kd', type=_kds, help=f"comma-separated student runs among none, fpd, kl, adpd (default {','.join(D.kd)})")
+    d.add_argument('--seeds', type=_ints, help=f"comma-separated seeds (default {','.join(map(str, D.seeds))})")
     d.add_argument('--train-teacher', action='store_true', help=f"train the shipped teacher ({SHIPPED['teacher']['model']}) from scratch "
                    "and write it to --weights-dir (hours on a CPU, minutes on a GPU)")
     d.add_argument('--train-student', action='store_true', help=f"train the shipped baseline student ({SHIPPED['student']['model']}) likewise")
-    d.add_argument('--teacher-epochs', type=int, help="epochs of --train-teacher/--train-student (default: the recipe's)")
+    d.add_argument('--teacher-epochs', type=POS_INT, help="epochs of --train-teacher/--train-student (default: the recipe's)")
     d.add_argument('--weights-dir', default=str(WEIGHTS), help="where the shipped weights are read and written (default: the package's)")
     _common(d)
     layouts = dict(coco='DIR/annotations/person_keypoints_<split>.json, DIR/<split>/', mpii='DIR/annot/<split>.json, DIR/images/')
@@ -95,11 +126,6 @@ def make_parser():
     return p
 
 # %% ../nbs/09_train.ipynb #7f3826a3
-def _ints(s, flag):
-    from adpd.run import TrainError
-    try: return tuple(int(x) for x in str(s).split(',') if x.strip())
-    except ValueError: raise TrainError(f"{flag} {s}: write comma-separated integers, e.g. 0,1,2") from None
-
 def _kd_settings(a) -> dict:
     from adpd.run import KDConfig
     return {f.name: getattr(a, f.name) for f in dataclasses.fields(KDConfig)}
@@ -116,12 +142,12 @@ def config_from_args(a):
         else:
             base = QUICK if a.quick else DemoConfig()
             kw = {k: getattr(a, k) for k in ('epochs', 'bs', 'lr', 'n_images') if getattr(a, k) is not None}
-            if a.kd: kw['kd'] = tuple(k.strip() for k in a.kd.split(',') if k.strip())
-            if a.seeds: kw['seeds'] = _ints(a.seeds, '--seeds')
+            if a.kd: kw['kd'] = a.kd
+            if a.seeds: kw['seeds'] = a.seeds
             cfg, out = dataclasses.replace(base, **kw, **_kd_settings(a)), 'runs/demo-quick' if a.quick else 'runs/demo'
     else:
         own = {f.name for f in dataclasses.fields(RecipeConfig)} - {'cmd', 'preset', 'teacher', 'student', 'lr_steps'}
-        cfg = recipe_config(a.cmd, a.preset, a.teacher, a.student, lr_steps=_ints(a.lr_steps, '--lr-steps'),
+        cfg = recipe_config(a.cmd, a.preset, a.teacher, a.student, lr_steps=a.lr_steps,
                             **{k: getattr(a, k) for k in own if hasattr(a, k)})
         out = f"runs/{a.cmd}-{cfg.student or a.preset}-{cfg.kd}".replace(':', '-')
     cuda = torch.cuda.is_available()

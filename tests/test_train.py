@@ -62,8 +62,23 @@ def test_demo_flags(capsys):
     assert p.parse_args(['demo']).detach is True and p.parse_args(['demo', '--no-detach']).detach is False
     assert p.parse_args(['demo']).bound is True and p.parse_args(['demo', '--no-bound']).bound is False
     assert p.parse_args(['coco', '--data-root', '.', '--faithful']).faithful is True
-    assert main(['demo', '--quick', '--seeds', 'a,b']) == 2 and '--seeds a,b' in capsys.readouterr().err
-    assert main(['demo', '--quick', '--kd', 'adpd,mse']) == 2 and "unknown ['mse']" in capsys.readouterr().err
+    for args, msg in ((['--seeds', 'a,b'], "argument --seeds: 'a,b': comma-separated integers"), (['--kd', 'adpd,mse'], "unknown ['mse']")):
+        with pytest.raises(SystemExit) as e: main(['demo', '--quick', *args])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+@pytest.mark.parametrize('flag, value, msg', [('--epochs', '-1', 'must be an integer ≥ 1'), ('--epochs', '0', '≥ 1'), ('--bs', '0', '≥ 1'),
+    ('--workers', '-2', '≥ 0'), ('--threads', '0', '≥ 1'), ('--image-size', '0x0', 'positive multiples of 4'),
+    ('--image-size', '255x192', 'multiples of 4'), ('--lr-steps', 'abc', 'comma-separated integers'), ('--stop-after', '0', '≥ 1'),
+    ('--T', '0', 'must be > 0'), ('--thr', '1', 'in (0, 1)'), ('--alpha', '1.5', 'in [0, 1]'), ('--lr', 'nan', 'must be > 0'),
+    ('--lr', '-1', '> 0'), ('--weight-lr', 'inf', '> 0'), ('--eval-every', 'x', 'not an integer')])
+def test_cli_values_are_checked_at_parse_time(tmp_path, capsys, flag, value, msg):
+    "A bad value stops at parse time (exit 2, the flag named) before any work: no run folder is left to refuse the corrected run."
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as e:
+        main(['coco', '--data-root', str(tmp_path), '--student', 'tiny', '--kd', 'none', '--out', str(out), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f'argument {flag}' in err and msg in err, err
+    assert not out.exists()
 
 def test_console_script():
     exe = BIN / 'adpd_train'
