@@ -4,11 +4,10 @@
 
 # %% ../nbs/05_evaluate.ipynb #299e9d6d
 from __future__ import annotations
-import contextlib, io, json, os, tempfile, warnings
+import contextlib, io, json, warnings
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from pycocotools.cocoeval import COCOeval

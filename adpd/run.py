@@ -384,7 +384,7 @@ def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, tea
     with (contextlib.nullcontext() if rt.bar else learn.no_bar()): ck = fit_run(learn, run_dir, c, resume_from, rt.stop_after, monitor)
     model = unwrap(learn.model)
     res = dict(name=name, params=n_params(model), init_digest=init, epochs=c.epochs, kd=c.kd, train_time=round(ck.elapsed, 1),
-               best=ck.best, best_epoch=ck.best_epoch, monitor=monitor, history=ck.history, stopped=ck.stopped)
+               best=ck.best if ck.best_epoch is not None else None, best_epoch=ck.best_epoch, monitor=monitor, history=ck.history, stopped=ck.stopped)
     if ck.stopped:
         say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
         return dict(res, model=model, learn=learn)

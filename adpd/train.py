@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #585fe7d0
 from __future__ import annotations
-import argparse, contextlib, dataclasses, math, os, re, sys, warnings
+import argparse, dataclasses, math, os, re, sys, warnings
 from pathlib import Path
 from fastcore.imports import in_ipython
 
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)  # fastai's import
         import torch.distributed as dist
-        from adpd.run import TrainError, Runtime, init_distributed, num_distrib
+        from adpd.run import TrainError, init_distributed, num_distrib
         from adpd.recipes import run_demo, run_recipe, train_shipped, bench_data
         a = make_parser().parse_args(argv)
         try:
