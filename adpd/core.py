@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bace5f98
 from __future__ import annotations
-import contextlib, os, re, tempfile
+import contextlib, numbers, os, re, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -16,24 +16,37 @@ __all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'flip_pairs_from_names', 'Keypoi
            'last_heatmaps', 'eval_mode', 'unwrap', 'n_params', 'heatmap_argmax', 'atomic_write', 'atomic_write_text']
 
 # %% ../nbs/00_core.ipynb #9aee9d29
-_SIDES = (('left', 'right'), ('l', 'r'))
+_CAMEL = re.compile(r'[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+')
+
+def _words(name):
+    "Lower-case words of `name`, split at any separator (`_`, space, `-`, `.`) and at camelCase humps: `LShoulder` → l, shoulder."
+    out = []
+    for w in re.split(r'[\W_]+', name):
+        out += [t.lower() for t in _CAMEL.findall(w)] if w.isascii() else [w.lower()]
+    return [w for w in out if w]
 
 def _side_split(name):
-    "Split `name` into (side, rest) for `left_x`/`x_left`/`l_x` style names, else (None, name)."
-    n = name.lower()
-    for l, r in _SIDES:
-        for side in (l, r):
-            if n.startswith(side + '_'): return side[0], n[len(side) + 1:]
-            if n.endswith('_' + side): return side[0], n[:-len(side) - 1]
-    return None, n
+    "`(side, key)`: side 'l'/'r' and the words of `name` with the side word blanked, else `(None, words)`."
+    w = _words(name)
+    for i, t in enumerate(w):                                    # `left`/`right`: a whole word anywhere
+        if t in ('left', 'right'): return t[0], (*w[:i], '*', *w[i + 1:])
+    if len(w) > 1:                                               # `l`/`r`: a whole word, first or last, never alone
+        for i in (0, len(w) - 1):
+            if w[i] in ('l', 'r'): return w[i], (*w[:i], '*', *w[i + 1:])
+    return None, tuple(w)
+
+def _looks_sided(name):
+    "Does `name` look like one side of a pair (a side word, or `left`/`right` inside a word)?"
+    return _side_split(name)[0] is not None or re.search('left|right', name, re.I) is not None
 
 def flip_pairs_from_names(names):
-    "Pairs `(i, j)` of keypoints whose names differ only by a left/right marker (`left_`, `_right`, `l_`...)."
+    "Pairs `(i, j)` of keypoints whose names differ only by a left/right marker, in any case and separator convention."
     found = {}
     for i, n in enumerate(names):
-        side, rest = _side_split(n)
-        if side: found.setdefault(rest, {})[side] = i
-    return tuple(sorted((d['l'], d['r']) for d in found.values() if len(d) == 2))
+        side, key = _side_split(n)
+        if side: found.setdefault(key, {}).setdefault(side, []).append(i)
+    return tuple(sorted((d['l'][0], d['r'][0]) for d in found.values()
+                        if len(d.get('l', ())) == 1 and len(d.get('r', ())) == 1))   # a repeated name pairs with nothing
 
 # %% ../nbs/00_core.ipynb #7b273604
 _LOWER = re.compile(r'hip|knee|ankle|foot|feet|heel|toe|leg|pelvis|hind')
@@ -55,7 +68,13 @@ class KeypointSpec:
         put('names', tuple(self.names))
         put('skeleton', tuple(tuple(int(i) for i in p) for p in self.skeleton))
         put('sigmas', np.asarray(self.sigmas, dtype=np.float32).reshape(-1))
-        if self.flip_pairs is None: put('flip_pairs', flip_pairs_from_names(self.names))
+        if self.flip_pairs is None:
+            put('flip_pairs', flip_pairs_from_names(self.names))
+            paired = {i for p in self.flip_pairs for i in p}
+            lone = [n for i, n in enumerate(self.names) if i not in paired and _looks_sided(n)]
+            if lone: warnings.warn(f"KeypointSpec {self.name!r}: keypoints {lone} look left/right but no mirror partner was found "
+                                   "by name, so a horizontal flip will not swap them; pass `flip_pairs=` if they have one", stacklevel=3)
+        else: put('flip_pairs', tuple(tuple(int(i) for i in p) for p in self.flip_pairs))
         if self.upper is None: put('upper', tuple(i for i, n in enumerate(self.names) if not _LOWER.search(n.lower())))
         put('joint_weights', np.ones(K, np.float32) if self.joint_weights is None else np.asarray(self.joint_weights, np.float32))
         if len(self.sigmas) != K or len(self.joint_weights) != K:
@@ -111,8 +130,14 @@ def spec_from_coco_category(cat:dict, sigmas=None, default_sigma=DEFAULT_SIGMA) 
         coco = dict(zip(COCO17.names, COCO17.sigmas))
         if tuple(names) == COCO17.names: return COCO17
         sigmas = [coco.get(n, default_sigma) for n in names]
-    skel = [(a - 1, b - 1) for a, b in cat.get('skeleton') or []]
-    return KeypointSpec(str(cat.get('name', 'custom')), names=names, skeleton=skel, sigmas=sigmas)
+    name, K, skel, dropped = str(cat.get('name', 'custom')), len(names), [], []
+    for link in cat.get('skeleton') or []:
+        ok = isinstance(link, (list, tuple)) and len(link) == 2 and all(isinstance(i, numbers.Integral) and 1 <= i <= K for i in link)
+        if ok: skel.append((link[0] - 1, link[1] - 1))
+        else: dropped.append(list(link) if isinstance(link, (list, tuple)) else link)
+    if dropped: warnings.warn(f"category {name!r}: skeleton links {dropped} (1-based) are not pairs of its {K} keypoints; "
+                              "dropped (the skeleton only draws poses)", stacklevel=2)
+    return KeypointSpec(name, names=names, skeleton=skel, sigmas=sigmas)
 
 # %% ../nbs/00_core.ipynb #a2a35c63
 def shared_data(*parts) -> Path|None:

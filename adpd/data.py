@@ -4,8 +4,9 @@
 
 # %% ../nbs/02_data.ipynb #43700ca4
 from __future__ import annotations
-import copy, json, os, warnings
-from collections import Counter
+import contextlib, copy, ctypes, json, os, threading, warnings
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import cv2, PIL.Image
@@ -21,8 +22,9 @@ from .transforms import *
 from .synthetic import make_synthetic_coco
 
 # %% auto #0
-__all__ = ['PoseRecords', 'read_image', 'reduce_factor', 'TopDownDataset', 'load_coco_json', 'CocoKeypoints', 'MPIIKeypoints',
-           'PoseTargets', 'PoseDL', 'pose_dls']
+__all__ = ['MAX_PIXELS', 'PoseRecords', 'private_fds', 'ImageError', 'read_image', 'image_file_problem', 'reduce_factor',
+           'TopDownDataset', 'read_json', 'load_coco_json', 'CocoKeypoints', 'MPIIKeypoints', 'PoseTargets', 'PoseDL',
+           'pose_dls']
 
 # %% ../nbs/02_data.ipynb #c283159e
 @dataclass
@@ -51,19 +53,78 @@ class PoseRecords:
 
 # %% ../nbs/02_data.ipynb #fe0a738e
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+MAX_PIXELS = int(os.environ.get('CV_IO_MAX_IMAGE_PIXELS', 1 << 30))   # OpenCV's decoder refuses larger images
+
+_FD2, _fds = threading.Lock(), threading.local()
+
+def private_fds() -> bool:
+    """Give the calling thread its own copy of the file descriptor table (Linux `unshare(CLONE_FILES)`), so redirecting
+    fd 2 there touches no other thread; False (and `_stderr_lines` takes a process-wide lock) where that is not possible."""
+    try: ok = ctypes.CDLL(None, use_errno=True).unshare(0x400) == 0
+    except (OSError, AttributeError): ok = False
+    _fds.private = ok
+    return ok
+
+@contextlib.contextmanager
+def _stderr_lines(out:list):
+    "Collect what C code writes to file descriptor 2 meanwhile (libjpeg's warnings) into `out`; the write end never blocks."
+    with contextlib.nullcontext() if getattr(_fds, 'private', False) else _FD2, _redirect_fd2(out): yield out
+
+@contextlib.contextmanager
+def _redirect_fd2(out:list):
+    r, w = os.pipe()
+    os.set_blocking(w, False); os.set_blocking(r, False)
+    saved = os.dup(2)
+    try:
+        os.dup2(w, 2)
+        try: yield out
+        finally: os.dup2(saved, 2)
+        try: out.extend(os.read(r, 1 << 16).decode(errors='replace').splitlines())
+        except BlockingIOError: pass
+    finally:
+        for fd in (r, w, saved): os.close(fd)
+
+class ImageError(ValueError):
+    "An image file that cannot be used (empty, corrupt, undecodable, too large); the message names it."
 
 def read_image(path, reduce:int=1):
-    "BGR uint8 image `(h, w, 3)` decoded at 1/`reduce` resolution; clear errors for missing or undecodable files."
+    """BGR uint8 image `(h, w, 3)` decoded at 1/`reduce` resolution. Missing, empty, corrupt (libjpeg's "Corrupt JPEG
+    data" warnings included) and over-size files raise an error naming the file."""
     path = Path(path)
-    flags = _REDUCED[reduce] if path.suffix.lower() in ('.jpg', '.jpeg') else cv2.IMREAD_COLOR
-    img = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        if not path.exists(): raise FileNotFoundError(f"{path}: image file not found")
-        raise ValueError(f"{path}: cannot decode image (corrupt file or not an image)")
-    if reduce > 1 and flags == cv2.IMREAD_COLOR: img = cv2.resize(img, None, fx=1 / reduce, fy=1 / reduce, interpolation=cv2.INTER_AREA)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: image file not found")
+    buf = np.fromfile(path, np.uint8)          # reading the bytes ourselves is faster than `cv2.imread`
+    if buf.size == 0: raise ImageError(f"{path}: empty image file")
+    jpeg = buf[:2].tobytes() == b'\xff\xd8'
+    flags = (_REDUCED[reduce] if jpeg else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    msgs = []
+    try:
+        if jpeg:
+            with _stderr_lines(msgs): img = cv2.imdecode(buf, flags)
+        else: img = cv2.imdecode(buf, flags)
+    except cv2.error as e:
+        raise ImageError(f"{path}: the decoder refuses it ({str(e).strip().splitlines()[-1][:160]}); images over "
+                         f"{MAX_PIXELS} pixels need CV_IO_MAX_IMAGE_PIXELS raised") from None
+    bad = [m for m in msgs if 'corrupt' in m.lower() or 'premature' in m.lower()]
+    if img is None or bad:
+        raise ImageError(f"{path}: corrupt or truncated image" + (f" (libjpeg: {bad[0].strip()})" if bad else " (cannot decode)"))
+    if reduce > 1 and not jpeg: img = cv2.resize(img, None, fx=1 / reduce, fy=1 / reduce, interpolation=cv2.INTER_AREA)
     return img
 
-def reduce_factor(zoom:float, fast_decode=True) -> int:
+def image_file_problem(path) -> str|None:
+    """Why the image at `path` cannot be used, or None. Looks at the size and the first and last bytes (fast enough for
+    every file of a dataset) and decodes only a JPEG/PNG whose end marker is missing."""
+    try: n = os.path.getsize(path)
+    except OSError: return 'missing image file'
+    if n == 0: return 'empty image file'
+    with open(path, 'rb') as f:
+        head = f.read(8); f.seek(max(0, n - 1024)); tail = f.read()
+    ends = (head[:2] != b'\xff\xd8' or b'\xff\xd9' in tail) and (head != b'\x89PNG\r\n\x1a\n' or b'IEND' in tail)
+    if ends: return None
+    try: read_image(path)                      # no end marker: truncated, or whole with trailing bytes? decode to know
+    except ImageError: return 'corrupt or truncated image file'
+    return None
+
+def reduce_factor(zoom:float, fast_decode=False) -> int:
     "Largest decode reduction in (1, 2, 4, 8) not above `1/zoom` (input pixels per image pixel)."
     if not fast_decode: return 1
     return max([f for f in (1, 2, 4, 8) if f * zoom <= 1] or [1])
@@ -73,12 +134,13 @@ class TopDownDataset(torch.utils.data.Dataset):
     "Person crops `(3, H, W)` uint8 and joints `(K, 3)` (x, y in heatmap pixels, visibility) from a `PoseRecords` table."
     def __init__(self, db:PoseRecords, spec:KeypointSpec, train=True, image_size=(192, 256), heatmap_size=(48, 64),
                  scale_factor=.35, rot_factor=45., rot_p=.6, flip_p=.5, half_body_p=.3, half_body_min=8,
-                 fast_decode=True, source=None):
+                 half_body_upper_p=None, fast_decode=False, source=None):
         if len(db) == 0: raise ValueError(f"{source or 'dataset'}: no usable samples")
         self.db, self.spec, self.train, self.source = db, spec, train, source
         self.image_size, self.heatmap_size = tuple(image_size), tuple(heatmap_size)
         self.scale_factor, self.rot_factor, self.rot_p, self.flip_p = scale_factor, rot_factor, rot_p, flip_p
-        self.half_body_p, self.half_body_min, self.fast_decode = half_body_p, half_body_min, fast_decode
+        self.half_body_p, self.half_body_min, self.half_body_upper_p = half_body_p, half_body_min, half_body_upper_p
+        self.fast_decode = fast_decode
         self.aspect = image_size[0] / image_size[1]
         self.stride = np.array(image_size, np.float64) / np.array(heatmap_size, np.float64)
 
@@ -90,7 +152,7 @@ class TopDownDataset(torch.utils.data.Dataset):
         if not self.train: return dict(center=c, scale=s, rot=0., flip=False)
         j = self.db.joints[i]
         if (j[:, 2] > 0).sum() > self.half_body_min and rng.random() < self.half_body_p:
-            hb = half_body_center_scale(j, self.spec, self.aspect, rng)
+            hb = half_body_center_scale(j, self.spec, self.aspect, rng, self.half_body_upper_p)
             if hb is not None: c, s = hb
         sf, rf = self.scale_factor, self.rot_factor
         s = s * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
@@ -131,17 +193,33 @@ class TopDownDataset(torch.utils.data.Dataset):
 # %% ../nbs/02_data.ipynb #2e8d50fa
 def _fail(path, msg): raise ValueError(f"{path}: {msg}")
 
-def _report(source, skips:Counter, what='samples'):
-    if skips: warnings.warn(f"{source}: skipped {sum(skips.values())} {what} (" + ', '.join(f'{k}: {v}' for k, v in sorted(skips.items())) + ')', stacklevel=3)
+def _report(source, skips:Counter, examples:dict=None, what='samples'):
+    "Warn once with the count of every skip reason (and the first file met for each, in `examples`)."
+    if not skips: return
+    eg = lambda k: f" e.g. {examples[k]}" if examples and k in examples else ''
+    warnings.warn(f"{source}: skipped {sum(skips.values())} {what} (" + ', '.join(f'{k}: {v}{eg(k)}' for k, v in sorted(skips.items())) + ')', stacklevel=3)
 
 def _is_num(x): return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def _finite(*xs) -> bool: return all(np.isfinite(np.asarray(x, np.float64)).all() for x in xs)
+
+def read_json(path, what='annotation file'):
+    "The parsed json at `path`; missing, binary and malformed files raise an error naming the file."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: {what} not found")
+    try: return json.loads(path.read_bytes().decode('utf-8'))
+    except UnicodeDecodeError as e: _fail(path, f"not a text (UTF-8) json file: binary data at byte {e.start}")
+    except json.JSONDecodeError as e: _fail(path, f"not valid json ({e})")
+
+def _no_duplicates(path, ids, what):
+    "Refuse repeated ids: pycocotools would silently keep one entry of each."
+    dup = [i for i, n in Counter(ids).items() if n > 1]
+    if dup: _fail(path, f"{what} id {dup[0]!r} appears {Counter(ids)[dup[0]]} times ({len(dup)} repeated ids); each {what} needs its own id")
 
 def load_coco_json(ann_file) -> COCO:
     "A pycocotools `COCO` of a keypoint json, validated first: errors name the file and the problem."
     ann_file = Path(ann_file)
-    if not ann_file.is_file(): raise FileNotFoundError(f"{ann_file}: annotation file not found")
-    try: d = json.loads(ann_file.read_text())
-    except json.JSONDecodeError as e: _fail(ann_file, f"not valid json ({e})")
+    d = read_json(ann_file)
     if not isinstance(d, dict): _fail(ann_file, "expected a json object with images, annotations, categories")
     for k in ('images', 'annotations', 'categories'):
         if not isinstance(d.get(k), list): _fail(ann_file, f"missing or non-list key {k!r}")
@@ -151,6 +229,8 @@ def load_coco_json(ann_file) -> COCO:
             _fail(ann_file, f"image entry {str(im)[:80]} needs int id, str file_name, numeric width and height")
     cats = [c for c in d['categories'] if isinstance(c, dict) and c.get('keypoints')]
     if not cats: _fail(ann_file, "no category with a `keypoints` list")
+    _no_duplicates(ann_file, [im['id'] for im in d['images']], 'image')
+    _no_duplicates(ann_file, [a['id'] for a in d['annotations'] if isinstance(a, dict) and 'id' in a], 'annotation')
     ids = {im['id'] for im in d['images']}
     for a in d['annotations']:
         if not isinstance(a, dict): _fail(ann_file, f"annotation {str(a)[:80]} is not an object")
@@ -163,7 +243,7 @@ def load_coco_json(ann_file) -> COCO:
         a.setdefault('iscrowd', 0); a.setdefault('area', a['bbox'][2] * a['bbox'][3])
         a.setdefault('num_keypoints', sum(v > 0 for v in a['keypoints'][2::3]))
     coco = COCO()
-    coco.dataset = d
+    coco.dataset, coco.ann_file = d, str(ann_file)     # the file name travels with it, for evaluation errors
     with warnings.catch_warnings():
         import contextlib, io
         with contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
@@ -171,7 +251,7 @@ def load_coco_json(ann_file) -> COCO:
 
 # %% ../nbs/02_data.ipynb #facea92f
 def _clip_box(box, w, h):
-    "Clip a COCO box to the image (as the HRNet family does); None when nothing is left."
+    "Clip a ground-truth COCO box to the image (the HRNet family's cleaner, with its 1-px shrink); None when nothing is left."
     x, y, bw, bh = box
     x1, y1 = max(0., x), max(0., y)
     x2, y2 = min(w - 1., x1 + max(0., bw - 1)), min(h - 1., y1 + max(0., bh - 1))
@@ -189,47 +269,59 @@ class CocoKeypoints(TopDownDataset):
         if cat is None: _fail(ann_file, f"no keypoint category {category!r}")
         self.cat_id, spec = cat['id'], spec_from_coco_category(cat)
         aspect = image_size[0] / image_size[1]
-        skips, rows = Counter(), []
+        skips, examples, rows, problems = Counter(), {}, [], {}
         imgs = self.coco.imgs
-        exists = {i: (self.img_dir / im['file_name']).is_file() if check_files else True for i, im in imgs.items()}
-        def row(img_id, box, joints, score, area):
+        def image_problem(img_id):
+            "Why the image `img_id` is unusable (its size, then its file when `check_files`), or None; once per image."
+            if img_id not in problems:
+                im = imgs[img_id]; w, h = im['width'], im['height']
+                f = self.img_dir / im['file_name']
+                p = ('bad image size' if not (_finite(w, h) and w > 0 and h > 0) else
+                     'image over the decoder pixel limit' if w * h > MAX_PIXELS else image_file_problem(f) if check_files else None)
+                problems[img_id] = p
+                if p: examples.setdefault(p, f)
+            return problems[img_id]
+        def row(img_id, box, joints, score, area=None):
+            "A sample; `area` defaults to the crop's, `prod(scale · 200)` (what the HRNet family's OKS-NMS uses)."
             im = imgs[img_id]
             c, s = box_to_center_scale(box, aspect)
-            return dict(image_id=img_id, file=self.img_dir / im['file_name'], img_wh=(im['width'], im['height']),
-                        center=c, scale=s, joints=joints, score=score, area=area, box=box)
+            return dict(image_id=img_id, file=self.img_dir / im['file_name'], img_wh=(im['width'], im['height']), center=c,
+                        scale=s, joints=joints, score=score, area=np.prod(s * PIXEL_STD) if area is None else area, box=box)
+        def keep(why):
+            if why: skips[why] += 1
+            return not why
+        for a in self.coco.dataset['annotations']:   # with detections too: the ground truth is what they are scored on
+            if a['category_id'] == self.cat_id and len(a['keypoints']) != 3 * spec.K:
+                _fail(ann_file, f"annotation {a.get('id', '?')} has {len(a['keypoints']) / 3:g} keypoints, category has {spec.K}")
         if det_file is None:
             for a in self.coco.dataset['annotations']:
                 if a['category_id'] != self.cat_id: continue
                 kp = np.array(a['keypoints'], np.float32)
-                if kp.size != 3 * spec.K: _fail(ann_file, f"annotation {a.get('id', '?')} has {kp.size // 3} keypoints, category has {spec.K}")
                 im = imgs[a['image_id']]
-                box = _clip_box(a['bbox'], im['width'], im['height'])
-                if a['iscrowd']: skips['crowd'] += 1
-                elif not (kp[2::3] > 0).any(): skips['no labelled joint'] += 1
-                elif box is None: skips['empty or outside box'] += 1
-                elif not exists[a['image_id']]: skips['missing image file'] += 1
-                else: rows.append(row(a['image_id'], box, kp.reshape(-1, 3), 1., a['area']))
-        else:
+                box = _clip_box(a['bbox'], im['width'], im['height']) if _finite(a['bbox'], im['width'], im['height']) else None
+                why = ('crowd' if a['iscrowd'] else 'non-finite numbers' if not _finite(kp, a['bbox'], a['area']) else
+                       'no labelled joint' if not (kp[2::3] > 0).any() else image_problem(a['image_id']) or
+                       ('empty or outside box' if box is None or not a['area'] > 0 else
+                        'box of ≤ 1 px' if box[2] <= 0 and box[3] <= 0 else None))
+                if keep(why): rows.append(row(a['image_id'], box, kp.reshape(-1, 3), 1., a['area']))
+        else:   # detections: center and scale from the raw box, as the HRNet family's COCO reader does (no cleaner)
             for d in self._read_dets(det_file):
-                im = imgs.get(d['image_id'])
-                box = None if im is None else _clip_box(d['bbox'], im['width'], im['height'])
-                if im is None: skips['unknown image id'] += 1
-                elif d.get('category_id', self.cat_id) != self.cat_id: skips['other category'] += 1
-                elif d['score'] < det_thr: skips['below det_thr'] += 1
-                elif box is None: skips['empty or outside box'] += 1
-                elif not exists[d['image_id']]: skips['missing image file'] += 1
-                else: rows.append(row(d['image_id'], box, np.zeros((spec.K, 3), np.float32), d['score'], box[2] * box[3]))
+                box = d['bbox']
+                why = ('unknown image id' if d['image_id'] not in imgs else
+                       'other category' if d.get('category_id', self.cat_id) != self.cat_id else
+                       'non-finite numbers' if not _finite(box, d['score']) else
+                       'below det_thr' if d['score'] < det_thr else
+                       'empty box' if box[2] <= 0 or box[3] <= 0 else image_problem(d['image_id']))
+                if keep(why): rows.append(row(d['image_id'], list(box), np.zeros((spec.K, 3), np.float32), d['score']))
         src = det_file or ann_file
-        _report(src, skips)
+        _report(src, skips, examples)
         self.skips = skips
         super().__init__(PoseRecords.from_rows(rows, spec.K), spec, train, image_size, heatmap_size, source=src, **kwargs)
 
     @staticmethod
     def _read_dets(det_file):
         "Detections from a COCO results json, validated."
-        try: dets = json.loads(Path(det_file).read_text())
-        except FileNotFoundError: raise FileNotFoundError(f"{det_file}: detection file not found")
-        except json.JSONDecodeError as e: _fail(det_file, f"not valid json ({e})")
+        dets = read_json(det_file, 'detection file')
         if not isinstance(dets, list): _fail(det_file, "expected a list of detections (COCO results format)")
         for d in dets:
             if not (isinstance(d, dict) and 'image_id' in d and _is_num(d.get('score'))
@@ -242,31 +334,43 @@ class MPIIKeypoints(TopDownDataset):
     "A top-down dataset over an MPII json (center, scale, 1-based joints, joints_vis); `head_size` for PCKh."
     def __init__(self, ann_file, img_dir, train=True, image_size=(256, 256), heatmap_size=(64, 64), **kwargs):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
-        try: entries = json.loads(self.ann_file.read_text())
-        except FileNotFoundError: raise FileNotFoundError(f"{ann_file}: annotation file not found")
-        except json.JSONDecodeError as e: _fail(ann_file, f"not valid json ({e})")
+        entries = read_json(self.ann_file)
         if not isinstance(entries, list): _fail(ann_file, "expected a list of person entries")
-        spec, aspect, rows, skips, heads = MPII16, image_size[0] / image_size[1], [], Counter(), []
+        spec, aspect, rows, skips, examples, heads = MPII16, image_size[0] / image_size[1], [], Counter(), {}, []
         for e in entries:
             if not (isinstance(e, dict) and isinstance(e.get('image'), str) and _is_num(e.get('scale'))
                     and np.shape(e.get('center')) == (2,) and np.shape(e.get('joints')) == (16, 2)
                     and np.shape(e.get('joints_vis')) == (16,)):
                 _fail(ann_file, f"entry {str(e)[:80]} needs image, scale, center (2), joints (16x2), joints_vis (16)")
             f = self.img_dir / e['image']
-            if not f.is_file(): skips['missing image file'] += 1; continue
+            if not _finite(e['scale'], e['center'], e['joints'], e['joints_vis']): skips['non-finite numbers'] += 1; continue
             s = e['scale'] * 1.25
             c = np.array(e['center'], np.float64) - 1 + [0, 15 * e['scale']]
             j = np.concatenate([np.array(e['joints'], np.float32) - 1, np.array(e['joints_vis'], np.float32)[:, None]], 1)
             if e['scale'] <= 0 or not (j[:, 2] > 0).any(): skips['no labelled joint or bad scale'] += 1; continue
+            wh, why = self._image_size(f)
+            if why: skips[why] += 1; examples.setdefault(why, f); continue
             hb = e.get('headbox')
             heads.append(.6 * np.linalg.norm(np.subtract(hb[2:], hb[:2])) if hb else np.linalg.norm(j[9, :2] - j[8, :2]))
             sc = np.array([s * aspect, s])
-            with PIL.Image.open(f) as im: wh = im.size          # reads the header only
             rows.append(dict(image_id=len(rows), file=f, img_wh=wh, center=c, scale=sc, joints=j, score=1.,
                              area=(s * PIXEL_STD) ** 2, box=center_scale_to_box(c, sc)))
-        _report(ann_file, skips)
+        _report(ann_file, skips, examples)
         self.skips, self.head_size = skips, np.array(heads, np.float32)
         super().__init__(PoseRecords.from_rows(rows, spec.K), spec, train, image_size, heatmap_size, source=ann_file, **kwargs)
+
+    @staticmethod
+    def _image_size(f):
+        "`((w, h), None)` read from the header of image `f`, or `(None, why)` when it cannot be used."
+        why = image_file_problem(f)
+        if why: return None, why
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+                with PIL.Image.open(f) as im: wh = im.size          # reads the header only
+        except PIL.Image.DecompressionBombError: return None, 'image over the decoder pixel limit'
+        except (PIL.UnidentifiedImageError, OSError): return None, 'unreadable image file'
+        return (wh, 'image over the decoder pixel limit' if wh[0] * wh[1] > MAX_PIXELS else None)
 
 # %% ../nbs/02_data.ipynb #778e3bdb
 class PoseTargets(ItemTransform):
@@ -280,7 +384,26 @@ class PoseTargets(ItemTransform):
         return (to_input(img), hm, tw)
 
 class PoseDL(DataLoader):
-    "A fastai `DataLoader` of pose batches `(x, hm, tw)` that knows how to draw them (as `TfmdDL` does for its types)."
+    """A fastai `DataLoader` of pose batches `(x, hm, tw)` that knows how to draw them (as `TfmdDL` does for its types).
+    Where batches are made (the main process without workers, or each worker), `threads` threads decode and warp the
+    samples of a batch, one batch ahead; the augmentations are drawn in order first, so batches do not depend on it.
+    Default: up to 4 threads without workers, 1 with."""
+    def __init__(self, dataset=None, threads:int|None=None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.threads = threads if threads is not None else 1 if self.fake_l.num_workers else min(4, os.cpu_count() or 1)
+
+    def create_batches(self, samps):
+        "Batches of the sample indices `samps`; each sample's `load` runs in a thread pool (cv2 releases the GIL)."
+        ds = self.dataset
+        if self.threads < 2 or self.prebatched or not hasattr(ds, 'sample_aug'):
+            yield from super().create_batches(samps); return
+        load = lambda i, aug: self.after_item(ds.load(i, aug))
+        with ThreadPoolExecutor(self.threads, initializer=private_fds) as ex:
+            ahead = deque()
+            for idx in self.chunkify(samps):
+                ahead.append([ex.submit(load, i, ds.sample_aug(i)) for i in idx])
+                if len(ahead) == 2: yield self.do_batch([f.result() for f in ahead.popleft()])
+            while ahead: yield self.do_batch([f.result() for f in ahead.popleft()])
     def show_batch(self, b=None, max_n:int=9, ctxs=None, **kwargs):
         "Draw `max_n` samples of `b` (one batch of `self` when None): crop, skeleton and targets (`adpd.viz.show_pose_batch`)."
         from adpd.viz import show_pose_batch
@@ -292,13 +415,13 @@ class PoseDL(DataLoader):
         return show_pose_results(self.dataset.spec, b, out, max_n=max_n, ctxs=ctxs, **kwargs)
 
 def pose_dls(train_ds, valid_ds, bs=32, val_bs=None, num_workers=None, device=None, sigma=2., joint_weights=None,
-             subpixel=False, **kwargs) -> DataLoaders:
+             subpixel=False, threads=None, **kwargs) -> DataLoaders:
     "fastai `DataLoaders` (two `PoseDL`) over two `TopDownDataset`s whose batches are `(x, hm, tw)`, targets built on `device`."
     if num_workers is None: num_workers = min(4, (os.cpu_count() or 1))
     if device is None: device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     tfm = PoseTargets(train_ds.heatmap_size, sigma, joint_weights, subpixel)
     mk = lambda ds, shuffle, b: PoseDL(ds, bs=b, shuffle=shuffle, drop_last=shuffle and len(ds) >= b,
-                                           num_workers=num_workers, after_batch=tfm, device=device, **kwargs)
+                                           num_workers=num_workers, after_batch=tfm, device=device, threads=threads, **kwargs)
     dls = DataLoaders(mk(train_ds, True, bs), mk(valid_ds, False, val_bs or bs), device=device)
     dls.n_inp = 1
     return dls

@@ -181,15 +181,36 @@ def coco_results(ds, kp, maxvals, in_vis_thr:float=.2, oks_thr:float=.9):
     cid = _cat_id(ds)
     return [dict(image_id=int(img[i]), category_id=cid, keypoints=kpts[i].ravel().tolist(), score=float(score[i])) for i in keep]
 
-def coco_keypoint_eval(coco, results, sigmas, cat_id:int|None=None, verbose=False) -> dict:
+def _gt_k(coco, cat_ids, src) -> dict:
+    "`{cat_id: (name, K)}` of the ground-truth categories `cat_ids`, checked: each annotation carries 3·K numbers."
+    cats = {c: coco.cats[c] for c in cat_ids if c in coco.cats}
+    ks = {c: len(cat['keypoints']) if isinstance(cat.get('keypoints'), (list, tuple)) and cat['keypoints'] else None for c, cat in cats.items()}
+    for a in coco.dataset.get('annotations', []):
+        c = a.get('category_id')
+        if c not in cats: continue
+        n = len(a.get('keypoints') or [])
+        if ks[c] is None and n and n % 3 == 0: ks[c] = n // 3        # a category without names: the first annotation says K
+        if n != 3 * (ks[c] or 0):
+            raise ValueError(f"{src}: annotation {a.get('id', '?')} (category {cats[c].get('name', '?')!r}, id {c}) has "
+                             f"{n / 3:g} keypoints ({n} numbers), its category has {ks[c]}; pycocotools would fail on it")
+    return {c: (cats[c].get('name', '?'), k) for c, k in ks.items() if k is not None}
+
+def coco_keypoint_eval(coco, results, sigmas, cat_id:int|None=None, verbose=False, ann_file=None) -> dict:
     "The ten COCO keypoint metrics (`COCO_METRICS`) of `results` (list of dicts or a json path) against the pycocotools `coco`."
     if isinstance(results, (str, Path)): results = json.loads(Path(results).read_text())
     if not results:
         warnings.warn("adpd.evaluate.coco_keypoint_eval: no predictions; every metric is 0", stacklevel=2)
         return dict.fromkeys(COCO_METRICS, 0.)
     sigmas = np.asarray(sigmas, np.float64).reshape(-1)
-    bad_k = {len(r['keypoints']) for r in results} - {3 * len(sigmas)}
-    if bad_k: raise ValueError(f"adpd.evaluate.coco_keypoint_eval: results have {sorted(k // 3 for k in bad_k)} keypoints, sigmas give {len(sigmas)}")
+    src = ann_file or getattr(coco, 'ann_file', None) or 'adpd.evaluate.coco_keypoint_eval: ground truth'
+    lens = sorted({len(r['keypoints']) for r in results})
+    if len(lens) > 1 or lens[0] % 3:
+        raise ValueError(f"adpd.evaluate.coco_keypoint_eval: results have keypoint lists of lengths {lens}, need one length 3·K")
+    K = lens[0] // 3
+    for c, (name, Kg) in _gt_k(coco, [cat_id] if cat_id is not None else {r['category_id'] for r in results}, src).items():
+        if K != Kg: raise ValueError(f"{src}: category {name!r} (id {c}) has {Kg} keypoints but the results have {K}")
+        if len(sigmas) != Kg: raise ValueError(f"{src}: {len(sigmas)} sigmas for the {Kg} keypoints of category {name!r} (id {c})")
+    if len(sigmas) != K: raise ValueError(f"adpd.evaluate.coco_keypoint_eval: results have {K} keypoints, sigmas give {len(sigmas)}")
     unknown = {r['image_id'] for r in results} - set(coco.getImgIds())
     if unknown: raise ValueError(f"adpd.evaluate.coco_keypoint_eval: {len(unknown)} result image ids are not in the ground truth, e.g. {sorted(unknown)[:3]}")
     out = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -211,7 +232,7 @@ def coco_evaluate(learn_or_model, ds, flip=True, res_file=None, in_vis_thr:float
     else: kp, mv = predict_keypoints(learn_or_model, ds, flip=flip, **kwargs)
     res = coco_results(ds, kp, mv, in_vis_thr, oks_thr)
     if res_file is not None: atomic_write_text(res_file, json.dumps(res))
-    return coco_keypoint_eval(ds.coco, res, ds.spec.sigmas, _cat_id(ds), verbose)
+    return coco_keypoint_eval(ds.coco, res, ds.spec.sigmas, _cat_id(ds), verbose, getattr(ds, 'ann_file', None))
 
 # %% ../nbs/05_evaluate.ipynb #198c288f
 def pckh(pred, gt, vis, head_size, thr:float=.5, names=None, exclude=('pelvis', 'thorax')) -> dict:

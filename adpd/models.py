@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_models.ipynb #77bb8952
 from __future__ import annotations
-import math, pickle, re, time, warnings
+import math, pickle, re, time, warnings, zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
@@ -14,13 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from .core import eval_mode, n_params, last_heatmaps
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+import numpy as np
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 # %% auto #0
-__all__ = ['POSE_MODELS', 'init_pose_weights', 'joint_params', 'HRModule', 'PoseHRNet', 'pose_hrnet', 'deconv_layers',
+__all__ = ['COLORS', 'POSE_MODELS', 'init_pose_weights', 'joint_params', 'HRModule', 'PoseHRNet', 'pose_hrnet', 'deconv_layers',
            'PoseResNet', 'pose_resnet', 'DeconvPoseNet', 'pose_torchvision', 'TimmPoseNet', 'pose_timm', 'FPNPoseNet',
            'pose_fpn', 'HourglassResidual', 'Hourglass', 'PoseHourglass', 'pose_hourglass', 'TinyPoseNet',
-           'create_pose_model', 'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'model_stats']
+           'rgb_to_bgr_input', 'ColorIn', 'set_color', 'create_pose_model', 'checkpoint_problem', 'CheckpointError',
+           'read_checkpoint', 'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'model_stats']
 
 # %% ../nbs/03_models.ipynb #62363697
 def init_pose_weights(module):
@@ -337,6 +340,29 @@ class TinyPoseNet(nn.Module):
 
     def forward(self, x): return self.final_layer(self.body(x))
 
+# %% ../nbs/03_models.ipynb #cba8ab9c
+COLORS = ('rgb', 'bgr')
+
+def rgb_to_bgr_input(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    "The input `(B, 3, H, W)` the official BGR code computes (mean/std applied to B, G, R in order) from the kit's `to_input(rgb)`."
+    m, s = [v * 255 for v in mean], [v * 255 for v in std]
+    # channel c of the output is BGR pixel c = RGB pixel 2 - c, normalised with m[c], s[c]: one affine map per channel
+    return torch.cat([x[:, 2 - c:3 - c] * (s[2 - c] / s[c]) + (m[2 - c] - m[c]) / s[c] for c in range(3)], 1)
+
+class ColorIn:
+    "Forward pre-hook that feeds a model whose `color` is 'bgr' the BGR input its weights expect; a plain object, so it pickles."
+    def __call__(self, module, args):
+        if getattr(module, 'color', 'rgb') != 'bgr' or not args: return None
+        return (rgb_to_bgr_input(args[0]), *args[1:])
+
+def set_color(model, color='rgb'):
+    "Record on `model` the colour order its weights expect, 'rgb' or 'bgr'; it is then fed the kit's RGB input converted; returns `model`."
+    if color not in COLORS: raise ValueError(f"set_color: color must be 'rgb' or 'bgr', not {color!r}")
+    model.color = color
+    if color == 'bgr' and not any(isinstance(h, ColorIn) for h in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(ColorIn())
+    return model
+
 # %% ../nbs/03_models.ipynb #61078301
 POSE_MODELS = {
     **{f'hrnet_w{w}': partial(pose_hrnet, w) for w in (18, 32, 48)},
@@ -355,21 +381,23 @@ def _build(name, num_joints, **kwargs):
     raise ValueError(f"create_pose_model: unknown model {name!r}; known: {', '.join(POSE_MODELS)}, timm:<any timm model>, "
                      "fpn:<timm model>, tiny, tiny-w<N>; any but hrnet/hourglass/tiny with -d<N> for an N-channel head")
 
-def create_pose_model(name, num_joints=17, pretrained=None, **kwargs):
+def create_pose_model(name, num_joints=17, pretrained=None, color=None, **kwargs):
     """Pose model `name`: `(B, 3, H, W)` → heatmaps `(B, K, H/4, W/4)`. Names: `POSE_MODELS`, `timm:<name>`, `fpn:<name>`,
-    `tiny`/`tiny-w<N>` (`TinyPoseNet` of width N); a `-d<N>` suffix gives the deconv (or FPN) head N channels."""
+    `tiny`/`tiny-w<N>` (`TinyPoseNet` of width N); a `-d<N>` suffix gives the deconv (or FPN) head N channels.
+    `color`: the colour order its weights expect (default 'bgr' for `resnet_*`, as SimpleBaseline trains, else 'rgb')."""
     if not isinstance(num_joints, int) or num_joints < 1:
         raise ValueError(f"create_pose_model: num_joints must be a positive int, not {num_joints!r}")
+    if color is not None and color not in COLORS: raise ValueError(f"create_pose_model: color must be 'rgb' or 'bgr', not {color!r}")
     m = re.fullmatch(r'(.+?)-d(\d+)', name)
     if m:
         name, d = m.group(1), int(m.group(2))
         if name.startswith(('hrnet', 'hourglass', 'tiny')): raise ValueError(f"create_pose_model: {name} has no deconv head to resize (-d{d})")
         kwargs['fpn_channels' if name.startswith('fpn:') else 'deconv_channels'] = d
-    model = _build(name, num_joints, **kwargs)
+    model = set_color(_build(name, num_joints, **kwargs), color or ('bgr' if name.startswith('resnet_') else 'rgb'))
     if pretrained is None or pretrained is False: return model
     if pretrained is True: raise ValueError("create_pose_model: nothing is downloaded; pass the path or state dict of local ImageNet or pose weights")
     sd = read_state_dict(pretrained)
-    if set(joint_params(model)) <= _to_model_keys(sd, set(model.state_dict())).keys(): load_pose_checkpoint(model, sd)
+    if set(joint_params(model)) <= _to_model_keys(sd, set(model.state_dict())).keys(): load_pose_checkpoint(model, sd, color=color)
     else: load_imagenet_weights(model, sd)
     return model
 
@@ -378,15 +406,67 @@ _WRAPPERS = ('state_dict', 'best_state_dict', 'model')
 
 def _src_name(src): return f'checkpoint {src}' if isinstance(src, (str, Path)) else f'{type(src).__name__} checkpoint'
 
+_MAGIC = {b'\xff\xd8\xff': 'JPEG', b'\x89PNG': 'PNG', b'GIF8': 'GIF', b'%PDF': 'PDF', b'\x1f\x8b': 'gzip', b'BZh': 'bzip2',
+          b'\xfd7zXZ': 'xz', b'7z\xbc\xaf': '7-zip', b'\x89HDF': 'HDF5 (Keras?)', b'\x93NUMPY': 'numpy .npy', b'ONNX': 'ONNX'}
+
+def checkpoint_problem(path) -> str|None:
+    "What makes the file `path` unreadable as a `torch.save` checkpoint (empty, truncated, another kind of file), or None if it looks like one."
+    path = Path(path)
+    n = path.stat().st_size
+    if n == 0: return 'empty file (0 bytes)'
+    with open(path, 'rb') as f: head = f.read(64)
+    if head.startswith(b'PK\x03\x04'):               # torch's zip format
+        try:
+            with zipfile.ZipFile(path) as z: names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError): return f'truncated or corrupt zip archive ({n} bytes)'
+        if not any(x.endswith('/data.pkl') for x in names):
+            return f"a zip archive but not a PyTorch checkpoint (no data.pkl; it holds {', '.join(names[:3]) or 'nothing'})"
+        return None
+    if head[:1] == b'\x80': return None                  # the legacy format: a pickle
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic): return f'not a PyTorch checkpoint (starts with {kind} bytes)'
+    try: text = head.decode()
+    except UnicodeDecodeError: return f"not a PyTorch checkpoint (starts with bytes {head[:8].hex(' ')})"
+    return f"not a PyTorch checkpoint (starts with text {text.splitlines()[0][:40]!r})"
+
+def _numpy_globals():
+    "What a checkpoint needs to hold numpy scalars and arrays (mmpose's `meta`), by their numpy 2 and numpy 1 names: no code runs."
+    try: from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError: from numpy.core.multiarray import _reconstruct, scalar     # numpy 1
+    dtypes = [type(np.dtype(c)) for c in '?bhilqBHILQefdgFDG']
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes,
+            (_reconstruct, 'numpy.core.multiarray._reconstruct'), (scalar, 'numpy.core.multiarray.scalar')]
+
+class CheckpointError(ValueError):
+    "A weight file that cannot be read: empty, truncated, not a checkpoint, or in need of unsafe unpickling."
+
+def read_checkpoint(path, weights_only=True, map_location='cpu'):
+    "`torch.load` of the file `path` (numpy values allowed with `weights_only`); `CheckpointError` naming the file and what is wrong with it."
+    name = _src_name(path)
+    if not Path(path).is_file(): raise FileNotFoundError(f"{name}: no such file")
+    bad = checkpoint_problem(path)
+    if bad: raise CheckpointError(f"{name}: {bad}")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if 'GLOBAL' in msg or 'global' in msg.lower() and 'allowed' in msg:
+            why = next((l.strip() for l in msg.splitlines() if 'GLOBAL' in l or 'Unsupported' in l), msg.splitlines()[0])
+            raise CheckpointError(f"{name}: cannot be read with weights_only=True ({why[:200]}); "
+                             "pass weights_only=False only if you trust the file") from e
+        raise CheckpointError(f"{name}: truncated or corrupt ({_first_line(e)})") from e
+    except (EOFError, RuntimeError, OSError, zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise CheckpointError(f"{name}: truncated or corrupt ({_first_line(e)})") from e
+
+def _first_line(e):
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
 def read_state_dict(src, key=None, weights_only=True):
     "`{name: tensor}` from a path, state dict, wrapped checkpoint or module; unwraps `state_dict`/`best_state_dict`/`model`, strips `module.`."
     name, obj = _src_name(src), src
-    if isinstance(src, (str, Path)):
-        if not Path(src).is_file(): raise FileNotFoundError(f"{name}: no such file")
-        try: obj = torch.load(src, map_location='cpu', weights_only=weights_only)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"{name}: cannot be read with weights_only=True ({str(e).splitlines()[0]}); "
-                             "pass weights_only=False only if you trust the file") from e
+    if isinstance(src, (str, Path)): obj = read_checkpoint(src, weights_only)
     if isinstance(obj, nn.Module): obj = obj.state_dict()
     if not isinstance(obj, Mapping): raise TypeError(f"{name}: expected a dict of tensors, got {type(obj).__name__}")
     if key is not None:
@@ -419,10 +499,17 @@ def _fmt_keys(ks, n=8):
     return ', '.join(ks[:n]) + (f', … ({len(ks) - n} more)' if len(ks) > n else '')
 
 # %% ../nbs/03_models.ipynb #886d2ace
-def load_pose_checkpoint(model, ckpt, strict=True, adapt_final=False, key=None, weights_only=True):
-    "Load an official HRNet/SimpleBaseline, mmpose or adpd checkpoint (path or dict) into `model`; returns `model`."
+def load_pose_checkpoint(model, ckpt, strict=True, adapt_final=False, key=None, weights_only=True, color=None):
+    """Load an official HRNet/SimpleBaseline, mmpose or adpd checkpoint (path or dict) into `model`; returns `model`.
+    Colour order: the official SimpleBaseline `pose_resnet_*` weights were trained on BGR crops (cv2's order, ImageNet mean/std
+    applied to B, G, R as they are), the official HRNet ones and every mmpose model on RGB. The kit always feeds
+    `to_input(rgb)`; a model whose `color` is 'bgr' (`create_pose_model` gives `resnet_*` that) converts it exactly as the
+    first step of its forward pass (`set_color`). `color` sets it here; None keeps the model's, except that a checkpoint in
+    mmpose's layout (`backbone.`/`keypoint_head.` keys) sets 'rgb'."""
     name, msd = _src_name(ckpt), model.state_dict()
-    sd = _to_model_keys(read_state_dict(ckpt, key, weights_only), set(msd))
+    raw = read_state_dict(ckpt, key, weights_only)
+    sd = _to_model_keys(raw, set(msd))
+    if color is None and sd is not raw: color = 'rgb'      # mmpose trains every model on RGB
     jp = joint_params(model)
     missing = [k for k in msd if k not in sd and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in sd if k not in msd]
@@ -448,7 +535,7 @@ def load_pose_checkpoint(model, ckpt, strict=True, adapt_final=False, key=None, 
     if shape_errs or (strict and (missing or unexpected)): raise ValueError(msg)
     if problems: warnings.warn(msg)
     model.load_state_dict(out, strict=False)
-    return model
+    return set_color(model, color) if color is not None else model
 
 def load_imagenet_weights(model, ckpt):
     "Load ImageNet weights (path or dict) into the backbone of `model`; returns the keys loaded, missing and ignored."

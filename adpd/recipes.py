@@ -13,7 +13,7 @@ from fastai.torch_core import rank_distrib
 from .core import atomic_write_text, n_params
 from .data import CocoKeypoints, MPIIKeypoints, pose_dls
 from .synthetic import make_synthetic_coco
-from .models import create_pose_model, load_pose_checkpoint, model_stats
+from .models import create_pose_model, load_pose_checkpoint, model_stats, CheckpointError
 from .learner import pose_learner
 from .evaluate import coco_evaluate, mpii_evaluate, MPII_GROUPS
 from .run import *
@@ -69,6 +69,7 @@ class RecipeConfig(FitConfig):
     lr: float = 1e-3
     lr_steps: tuple = (170, 200)
     bs: int = 32
+    fast_decode: bool = False      # exact JPEG decoding, as the official reader; True trades crop pixels for speed
 
 PAPER = dict(coco=RecipeConfig(), mpii=RecipeConfig(cmd='mpii', train_split='train', val_split='valid', image_size='256x256'))
 
@@ -104,7 +105,7 @@ def recipe_datasets(c:RecipeConfig):
     "Training, validation and final-evaluation datasets of the recipe `c` (the final one on `det_file`'s boxes when given)."
     if c.det_file is not None and not Path(c.det_file).is_file(): raise TrainError(f"--det-file {c.det_file}: detection file not found")
     w, h = parse_size(c.image_size)
-    kw = dict(image_size=(w, h), heatmap_size=(w // 4, h // 4))
+    kw = dict(image_size=(w, h), heatmap_size=(w // 4, h // 4), fast_decode=c.fast_decode)
     if c.cmd == 'coco': split, cls, aug = coco_split, CocoKeypoints, {}
     else: split, cls, aug = mpii_split, MPIIKeypoints, dict(scale_factor=.25, rot_factor=30., half_body_p=0.)   # the HRNet family's MPII augmentation
     (tr_ann, tr_img), (va_ann, va_img) = split(c.data_root, c.train_split), split(c.data_root, c.val_split)
@@ -119,6 +120,7 @@ def load_weights(model, path, role, name):
     "Load the checkpoint `path` into the `role` ('teacher', 'student') `model` named `name`; `TrainError` saying what does not fit."
     if not Path(path).is_file(): raise TrainError(f"--{role}-weights {path}: no such file")
     try: load_pose_checkpoint(model, path)
+    except CheckpointError as e: raise TrainError(f"--{role}-weights: {e}") from None      # the file, not the fit
     except (ValueError, TypeError, KeyError, FileNotFoundError) as e: raise TrainError(f"{role} checkpoint does not fit {name}: {e}") from None
     return model
 
@@ -170,8 +172,8 @@ def bench_data(root='~/.cache/adpd/synthetic', n_images=None, quiet=False):
     w, h = parse_size(BENCH['image_size'])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')        # counted skips (people with no labelled joint) are expected here
-        tr = CocoKeypoints(*splits['train'], image_size=(w, h), heatmap_size=(w // 4, h // 4))
-        va = CocoKeypoints(*splits['val'], train=False, image_size=(w, h), heatmap_size=(w // 4, h // 4))
+        kw = dict(image_size=(w, h), heatmap_size=(w // 4, h // 4), fast_decode=True)   # synthetic: speed over exact pixels
+        tr, va = CocoKeypoints(*splits['train'], **kw), CocoKeypoints(*splits['val'], train=False, **kw)
     return tr, va
 
 # %% ../nbs/08a_recipes.ipynb #47bb2eed
@@ -237,7 +239,7 @@ def train_shipped(c:ShipConfig, rt:Runtime, data, weights_dir=WEIGHTS) -> dict:
     tr, va = data
     run = Path(rt.out) / c.role
     res = train_one(c, run, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
-                    lambda: model_from_name(c.model), name=c.role)
+                    lambda: model_from_name(c.model), name=c.role, part=True)
     if res['stopped'] or rank_distrib() != 0: return res
     hw = f"{os.cpu_count()} CPU cores, torch {torch.__version__}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     meta = dict(config=c.to_dict(), train_time_s=res['train_time'], hardware=hw, params=res['params'], trained=time.strftime('%Y-%m-%d'))
@@ -410,7 +412,7 @@ def run_demo(c:DemoConfig, rt:Runtime, data_root='~/.cache/adpd/synthetic', weig
             label = 'student, no KD' if kd == 'none' else f'student + {kd.upper()}'
             run = out / f'seed{seed}' / f'student-{kd}'
             r = train_one(student_run(c, kd, seed), run, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
-                          make_student, teacher, evaluate=evaluate, name=f'{label} (seed {seed})')
+                          make_student, teacher, evaluate=evaluate, name=f'{label} (seed {seed})', part=True)
             if r['stopped']: return per_seed
             last = (r['history'] or [{}])[-1]
             per_seed.append(dict(r.get('metrics', {}), name=label, kd=kd, seed=seed, pck=last.get('pck'), train_time=r['train_time'],

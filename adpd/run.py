@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_run.ipynb #d233c51e
 from __future__ import annotations
-import contextlib, dataclasses, json, os, random, time, warnings
+import contextlib, dataclasses, errno, json, os, random, re, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,16 +19,20 @@ from fastai.optimizer import Adam
 from fastai.torch_core import set_seed, rank_distrib, num_distrib
 from fastai.distributed import DistributedDL
 from .core import atomic_write, atomic_write_text, unwrap, n_params
-from .learner import distill_learner, with_eval
+from .learner import distill_learner, with_eval, DistillCallback
+from .models import read_checkpoint, CheckpointError
 
 # %% auto #0
-__all__ = ['TrainError', 'say', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'rng_state', 'set_rng_state', 'RunConfig',
-           'KDConfig', 'FitConfig', 'Runtime', 'open_run', 'StepLR', 'schedule_cb', 'paper_adam', 'RankDL',
-           'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint', 'RunLog', 'fit_run', 'digest', 'train_one']
+__all__ = ['TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'check_finite', 'rng_state',
+           'set_rng_state', 'RunConfig', 'KDConfig', 'FitConfig', 'Runtime', 'check_resume', 'open_run', 'StepLR',
+           'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint',
+           'RunLog', 'FiniteLossGuard', 'fit_run', 'digest', 'read_results', 'train_one']
 
 # %% ../nbs/08_run.ipynb #97b5e0c3
 class TrainError(Exception):
     "A problem the user can fix (missing data, a checkpoint that does not fit, a run folder in use): `adpd_train` prints it and exits with 2."
+    def __init__(self, msg): super().__init__(msg); self.msg = msg
+    def __str__(self): return self.msg   # as raised, also from a callback (fastai prefixes the event to the exception's args)
 
 def say(*args):
     "Print on rank 0 only (every process of a multi-GPU run executes the same code)."
@@ -44,19 +48,40 @@ def _plain(o):
     if isinstance(o, tuple): return tuple(_plain(v) for v in o)
     return o
 
+def _disk_full(e) -> bool:
+    "Whether `e` says the disk (or the quota) is full: `OSError` ENOSPC/EDQUOT, or torch's zip writer losing its place after a failed write."
+    if isinstance(e, OSError): return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, RuntimeError) and bool(re.search(r'unexpected pos|PytorchStreamWriter', str(e)))
+
+def guarded_write(path, write):
+    "Call `write()`, an atomic write of `path`; a full disk becomes a `TrainError` that says the previous `path` is intact."
+    path = Path(path)
+    existed = path.exists()
+    try: return write()
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e): raise
+        kept = f"the previous {'checkpoint' if path.suffix == '.pth' else path.name} is intact" if existed else 'nothing was written'
+        raise TrainError(f"no space left writing {path}; {kept} ({type(e).__name__}: {str(e).strip()[:120]})") from None
+
 def atomic_save(obj, path):
-    "`torch.save(obj)` to `path` atomically (`atomic_write`); numpy values become plain values first."
-    return atomic_write(path, lambda f: torch.save(_plain(obj), f))
+    "`torch.save(obj)` to `path` atomically (`atomic_write`); numpy values become plain values first; a full disk is a `TrainError`."
+    return guarded_write(path, lambda: atomic_write(path, lambda f: torch.save(_plain(obj), f)))
 
 def clean_tmp(folder):
     "Remove temporary files that a killed `atomic_write` left in `folder`."
     for p in Path(folder).glob('.*.tmp'): p.unlink(missing_ok=True)
 
 def load_checkpoint(path, map_location='cpu'):
-    "A checkpoint written by `atomic_save`, read with `weights_only=True`; `TrainError` naming the file if it cannot be read."
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError: raise TrainError(f"{path}: checkpoint not found") from None
-    except Exception as e: raise TrainError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    "A checkpoint written by `atomic_save`, read with `weights_only=True`; `TrainError` naming the file and what is wrong with it."
+    if not Path(path).is_file(): raise TrainError(f"{path}: checkpoint not found")
+    try: return read_checkpoint(path, map_location=map_location)
+    except CheckpointError as e: raise TrainError(str(e)) from None
+
+def check_finite(state_dict, path):
+    "Refuse (`TrainError`) to write the model `state_dict` to `path` if a float tensor in it has a NaN or an infinity."
+    bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad: raise TrainError(f"refusing to write {path}: the model has non-finite values ({', '.join(bad[:5])}"
+                             f"{f', … {len(bad) - 5} more' if len(bad) > 5 else ''}); the files written before are unchanged")
 
 # %% ../nbs/08_run.ipynb #43c2fb5b
 def rng_state(loaders=()):
@@ -131,11 +156,27 @@ class Runtime:
     bar: bool = True
 
 # %% ../nbs/08_run.ipynb #1e2e7ab9
-def open_run(run_dir, config:RunConfig, resume=False):
-    "Claim `run_dir` for the run `config`; the checkpoint to resume from, or None for a fresh start (`TrainError` if the folder is another run's)."
+def _listing(d):
+    return ', '.join(sorted(p.name for p in Path(d).iterdir() if not p.name.startswith('.'))) or 'nothing'
+
+def check_resume(run_dir):
+    "`TrainError` unless the folder `run_dir` holds a `checkpoint.pth` (at any depth) to resume from, saying what is there instead."
+    run_dir = Path(run_dir)
+    if not run_dir.exists(): raise TrainError(f"{run_dir}: no such run folder; nothing to resume (drop --resume to start the run)")
+    if not run_dir.is_dir(): raise TrainError(f"{run_dir}: exists and is not a folder")
+    if not any(run_dir.iterdir()): raise TrainError(f"{run_dir}: empty folder; nothing to resume (drop --resume to start the run)")
+    if not any(run_dir.glob('**/checkpoint.pth')):
+        raise TrainError(f"{run_dir} has {_listing(run_dir)} but no checkpoint.pth; nothing to resume (without --resume the run "
+                         "starts again from epoch 0 and overwrites what is there)")
+
+def open_run(run_dir, config:RunConfig, resume=False, part=False):
+    """Claim `run_dir` for the run `config`; the checkpoint to resume from, or None for a fresh start (`TrainError` if the folder is
+    another run's). With `resume` the folder must hold this run and a checkpoint (`check_resume`), unless `part`: `run_dir` is one
+    stage of a resumed command, which may not have started (no folder, or only its config and log) and then starts afresh."""
     run_dir = Path(run_dir)
     cfg = run_dir / 'config.json'
     if run_dir.exists() and not run_dir.is_dir(): raise TrainError(f"{run_dir}: exists and is not a folder")
+    if resume and not part: check_resume(run_dir)
     if cfg.is_file():
         try: old = json.loads(cfg.read_text())
         except ValueError: raise TrainError(f"{cfg}: unreadable run config; choose another --out") from None
@@ -146,6 +187,8 @@ def open_run(run_dir, config:RunConfig, resume=False):
             raise TrainError(f"{run_dir} already holds this run ({cks[0].relative_to(run_dir)}); pass --resume to continue "
                              "or finish it, or choose another --out")
         ck = run_dir / 'checkpoint.pth'
+        if resume and not cks and {p.name for p in run_dir.iterdir() if not p.name.startswith('.')} - {'config.json', 'log.csv'}:
+            check_resume(run_dir)                # a stage that has written more than its config: never overwrite it silently
         return ck if ck.is_file() else None
     if run_dir.is_dir() and any(not p.name.startswith('.') for p in run_dir.iterdir()):
         raise TrainError(f"{run_dir} is not empty and holds no adpd run (no config.json); choose another --out")
@@ -296,6 +339,7 @@ class RunCheckpoint(TrackerCallback):
         self.history.append(dict(epoch=self.epoch, **dict(zip(names, vals))))
         if self.new_best: self.best_epoch = self.epoch
         state = self.state_dict()
+        check_finite(state['model'], self.run_dir / 'checkpoint.pth')
         if rank_distrib() == 0:
             if self.new_best: atomic_save(state['model'], self.run_dir / 'best.pth')
             atomic_save(state, self.run_dir / 'checkpoint.pth')
@@ -321,16 +365,53 @@ class RunLog(CSVLogger):
         self.file.flush(); os.fsync(self.file.fileno())
         self.old_logger(log)
 
+# %% ../nbs/08_run.ipynb #ad98cd83
+class FiniteLossGuard(Callback):
+    "Stop training with a `TrainError` at the first non-finite training loss, before its update, naming the epoch, the batch and the term."
+    order, run_valid = DistillCallback.order + 1, False      # after_loss: once the KD loss has made the loss, before backward and step
+    def after_loss(self):
+        if not self.training or getattr(self.learn, 'lr_finder', None): return
+        loss = self.learn.loss_grad
+        ok = torch.isfinite(loss).all().float()
+        if num_distrib() > 1: torch.distributed.all_reduce(ok, torch.distributed.ReduceOp.MIN)   # every process stops together
+        if bool(ok): return                              # one sync per batch: cheap beside a pose model's forward pass
+        if bool(torch.isfinite(loss).all()):
+            raise TrainError(f"non-finite training loss on another process in epoch {self.epoch + 1}/{self.n_epoch}, batch "
+                             f"{self.iter + 1}/{self.n_iter} (its own message names the term); stopped before this batch's update")
+        raise TrainError(f"non-finite training loss ({float(loss):.4g}) in epoch {self.epoch + 1}/{self.n_epoch}, batch {self.iter + 1}/"
+                         f"{self.n_iter}: " + ', '.join(f"{_TERMS.get(k, k)} ({k}) is {float(v):.4g}" for k, v in   # the culprits first
+                                                   sorted(self.terms().items(), key=lambda kv: bool(torch.isfinite(kv[1]).all())))
+                         + "; stopped before this batch's update: the files written before are unchanged (lower --lr, check the "
+                         "teacher's weights and the data, or train in fp32)")
+
+    def terms(self) -> dict:
+        "The terms the training loss is made of: those the KD loss recorded (ground-truth MSE `pose`, `kd`), else the loss itself."
+        d = getattr(self.learn, 'distiller', None)
+        last = getattr(getattr(d, 'kd_loss', None), 'last', {}) if d in self.learn.cbs else {}
+        got = {k: last[k] for k in ('pose', 'kd') if k in last}
+        return got or dict(pose=self.learn.loss_grad)
+
+_TERMS = dict(pose='the ground-truth MSE term', kd='the KD term')
+
 # %% ../nbs/08_run.ipynb #51860150
+def _resume_state(path):
+    "The checkpoint `path` to resume from; if it cannot be read, a `TrainError` that says the run's other files are untouched."
+    path = Path(path)
+    try: return load_checkpoint(path)
+    except TrainError as e:
+        others = ', '.join(sorted(p.name for p in path.parent.iterdir() if p.is_file() and p != path and not p.name.startswith('.'))) or 'none'
+        raise TrainError(f"{e}; cannot resume from it. The run's other files ({others}) are untouched: restore {path.name}, or delete "
+                         f"it and run without --resume to start again from epoch 0") from None
+
 def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, monitor='valid_loss', comp=None, cbs=()) -> RunCheckpoint:
     "Fit `learn` as the run `config` in `run_dir` (CSV log, checkpoint every epoch), continuing `resume_from` exactly; the `RunCheckpoint`."
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_tmp(run_dir)
     ck, log = RunCheckpoint(run_dir, config, monitor, comp, stop_after), RunLog(run_dir / 'log.csv')
-    cbs = [ck, schedule_cb(config.schedule, learn.lr, config.lr_steps, config.lr_factor), *cbs] + ([log] if rank_distrib() == 0 else [])
+    cbs = [ck, schedule_cb(config.schedule, learn.lr, config.lr_steps, config.lr_factor), FiniteLossGuard(), *cbs] + ([log] if rank_distrib() == 0 else [])
     with learn.added_cbs(cbs):                   # every callback of the run is there when its state is loaded
-        if resume_from is not None: ck.load_state_dict(load_checkpoint(resume_from))
+        if resume_from is not None: ck.load_state_dict(_resume_state(resume_from))
         log.keep = ck.start
         if ck.start < config.epochs:
             with maybe_distrib(learn), warnings.catch_warnings():
@@ -353,19 +434,42 @@ def _epoch_line(learn):
     return lambda vals: say('  ' + '  '.join(f'{n} {fmt(v)}' for n, v in zip(learn.recorder.metric_names, vals)))
 
 # %% ../nbs/08_run.ipynb #5ee90f43
+_RESULT_KEYS = ('params', 'epochs', 'train_time', 'history', 'stopped')
+
+def read_results(done) -> dict:
+    "The `results.json` of a finished run; `TrainError` naming the file if it is not one."
+    redo = "; delete it and --resume again to rebuild it from checkpoint.pth (the final model is evaluated again)"
+    try: res = json.loads(Path(done).read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise TrainError(f"{done}: corrupt results file ({type(e).__name__}: {e}){redo}") from None
+    if not isinstance(res, dict): raise TrainError(f"{done}: corrupt results file (a JSON {type(res).__name__}, not an object){redo}")
+    miss = [k for k in _RESULT_KEYS if k not in res]
+    if miss: raise TrainError(f"{done}: corrupt results file (no {', '.join(miss)}){redo}")
+    return res
+
+def _read_final(run_dir, make_student, done):
+    "The final model of a finished run, from `final.pth`; `TrainError` naming the file if it is missing or unreadable."
+    f, redo = run_dir / 'final.pth', f"delete {done.name} and --resume again to write it from checkpoint.pth (the final model is evaluated again)"
+    if not f.is_file(): raise TrainError(f"{f}: missing, though {done.name} says the run finished; {redo}")
+    model = make_student()
+    try: model.load_state_dict(load_checkpoint(f))
+    except TrainError as e: raise TrainError(f"{e}; {redo}") from None
+    except RuntimeError as e: raise TrainError(f"{f}: does not fit the run's model ({str(e).strip().splitlines()[0][:200]}); {redo}") from None
+    return model
+
 def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, teacher=None, evaluate=None, during=None, eval_every=0,
-              eval_names=('AP', 'AP50'), name='') -> dict:
+              eval_names=('AP', 'AP50'), name='', part=False) -> dict:
     """Train (or resume, or read back) the run `config` in `run_dir`; its results dict (metrics, time, params, stopped, model).
-    `evaluate(model) -> dict` scores the final model; `during` (default: `evaluate`) every `eval_every` epochs, `eval_names` as columns."""
+    `evaluate(model) -> dict` scores the final model; `during` (default: `evaluate`) every `eval_every` epochs, `eval_names` as columns;
+    `part`: the run is one stage of a command (see `open_run`)."""
     c, run_dir = config, Path(run_dir).expanduser().absolute()
-    resume_from = open_run(run_dir, c, rt.resume)
+    resume_from = open_run(run_dir, c, rt.resume, part)
     barrier()
     done = run_dir / 'results.json'
     if rt.resume and done.is_file() and resume_from is not None:
+        res = read_results(done)
+        model = _read_final(run_dir, make_student, done)
         say(f"{name}: finished before, results read from {done}")
-        model = make_student()
-        model.load_state_dict(torch.load(run_dir / 'final.pth', map_location='cpu', weights_only=True))
-        return dict(json.loads(done.read_text()), model=model)
+        return dict(res, model=model)
     set_seed(c.seed)
     dls, student = make_dls(), make_student()
     init = digest(student.state_dict().values())
@@ -393,12 +497,13 @@ def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, tea
         print(f"rank {rank_distrib()}/{num_distrib()}: {name} student {digest(model.parameters())} weight net "
               + (f"{digest(wp)} (initially {w0})" if wp else '-'), flush=True)
     if rank_distrib() == 0:
+        check_finite(model.state_dict(), run_dir / 'final.pth')
         atomic_save(model.state_dict(), run_dir / 'final.pth')
         if evaluate is not None:
             t = time.time()
             res['metrics'] = evaluate(model)
             res['eval_time'] = round(time.time() - t, 1)
-        atomic_write_text(done, json.dumps(res, indent=1))
+        guarded_write(done, lambda: atomic_write_text(done, json.dumps(res, indent=1)))
     barrier()
     if rank_distrib() != 0: res = json.loads(done.read_text())
     return dict(res, model=model, learn=learn)

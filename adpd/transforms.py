@@ -71,12 +71,15 @@ def flip_joints(joints, width, flip_index):
     return out
 
 # %% ../nbs/01_transforms.ipynb #d3b56ff7
-def half_body_center_scale(joints, spec:KeypointSpec, aspect_ratio:float, rng=np.random, pixel_std=PIXEL_STD):
-    "Center/scale of the upper or lower body of `joints (K, 3)`, or `None` when fewer than 2 distinct joints are labelled there."
+def half_body_center_scale(joints, spec:KeypointSpec, aspect_ratio:float, rng=np.random, upper_p:float|None=None,
+                           pixel_std=PIXEL_STD):
+    """Center/scale of the upper or lower body of `joints (K, 3)`, or `None` when fewer than 2 distinct joints are labelled there.
+    The upper body is tried first with probability `upper_p`; `None` draws as the HRNet family does (`randn() < 0.5`, ≈ 0.69)."""
     vis = joints[:, 2] > 0
     up = [i for i in spec.upper if vis[i]]
     lo = [i for i in spec.lower if vis[i]]
-    sel = up if (rng.random() < .5 and len(up) > 2) or len(lo) <= 2 else lo
+    upper_first = rng.standard_normal() < .5 if upper_p is None else rng.random() < upper_p
+    sel = up if (upper_first and len(up) > 2) or len(lo) <= 2 else lo
     if len(sel) < 2: return None
     p = joints[sel, :2]
     lt, rb = p.min(0), p.max(0)
@@ -93,7 +96,9 @@ def encode_heatmaps(kp, vis, heatmap_size, sigma=2., joint_weights=None, subpixe
     vis = torch.as_tensor(vis, device=kp.device)
     mu = kp if subpixel else torch.trunc(kp + .5)               # (B, K, 2): the classic code rounds to the grid
     r = 3 * sigma
-    inside = (mu[..., 0] - r < W) & (mu[..., 1] - r < H) & (mu[..., 0] + r + 1 > 0) & (mu[..., 1] + r + 1 > 0)
+    # the classic rule: a joint is dropped only when its window's integer corners put it wholly outside
+    ul, br = torch.trunc(mu - r), torch.trunc(mu + r + 1)        # (B, K, 2)
+    inside = (ul[..., 0] < W) & (ul[..., 1] < H) & (br[..., 0] >= 0) & (br[..., 1] >= 0)
     tw = ((vis > 0) & inside).float()
     if joint_weights is not None: tw = tw * torch.as_tensor(joint_weights, dtype=torch.float32, device=kp.device)
     def profile(n, m):  # (B, K, n): the cut 1-d gaussian along one axis

@@ -13,3 +13,30 @@ def coco_tiny(): return fixture_dir('coco_tiny')
 
 @pytest.fixture
 def mpii_tiny(): return fixture_dir('mpii_tiny')
+
+@pytest.fixture(scope='module')
+def synth(tmp_path_factory):
+    "A synthetic COCO-layout folder (splits train, val) and a tiny teacher checkpoint, once per test module."
+    import torch
+    from adpd.models import create_pose_model
+    from adpd.synthetic import make_synthetic_coco
+    root = tmp_path_factory.mktemp('synth')
+    make_synthetic_coco(root, n_images=16, seed=0)
+    torch.manual_seed(0)
+    torch.save(create_pose_model('tiny-w16').state_dict(), root / 'teacher.pth')
+    return root
+
+def coco_args(root, out, *extra, teacher_weights=True, teacher='teacher.pth'):
+    "`adpd_train coco` flags for two quick ADPD epochs of tiny models on `synth`'s folder `root`, into `out`."
+    tw = ['--teacher-weights', str(root / teacher)] if teacher_weights else []
+    return ['coco', '--data-root', str(root), '--train-split', 'train', '--val-split', 'val', '--student', 'tiny-w8',
+            '--teacher', 'tiny-w16', *tw, '--kd', 'adpd', '--epochs', '2',
+            '--lr-steps', '1', '--bs', '4', '--image-size', '64x48', '--eval-every', '0', '--no-bar', '--threads', '1', '--out', str(out), *extra]
+
+@pytest.fixture(scope='module')
+def finished(synth, tmp_path_factory):
+    "A run folder of two uninterrupted ADPD epochs (`coco_args`), once per test module."
+    from adpd.train import main
+    out = tmp_path_factory.mktemp('runs') / 'done'
+    assert main(coco_args(synth, out)) == 0
+    return out

@@ -92,13 +92,13 @@ def test_augmented_joints_agree_with_warped_blobs(tmp_path, seed):
     assert checked > 30
 
 def test_reduced_decode_matches_full_decode(coco_tiny):
-    ds = CocoKeypoints(coco_tiny / ANN, coco_tiny / 'images', train=False)
-    slow = CocoKeypoints(coco_tiny / ANN, coco_tiny / 'images', train=False, fast_decode=False)
+    ds = CocoKeypoints(coco_tiny / ANN, coco_tiny / 'images', train=False, fast_decode=True)
+    slow = CocoKeypoints(coco_tiny / ANN, coco_tiny / 'images', train=False)        # exact: the default
     aug = ds.sample_aug(0); aug['scale'] = aug['scale'] * 2.5
     (a, ja), (b, jb) = ds.load(0, aug), slow.load(0, aug)
     assert torch.equal(ja, jb)
     diff = (a.float() - b.float()).abs()
-    assert diff.mean() < 6, float(diff.mean())             # same picture, smoother low-pass
+    assert 0 < diff.mean() < 6, float(diff.mean())         # same picture, smoother low-pass (not the same pixels)
     assert (a.float() - b.float().roll(3, 2)).abs().mean() > diff.mean() * 1.5  # and aligned to the pixel
 
 # --- any K ------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_missing_and_corrupt_images(tmp_path):
     ds, msgs = quiet(CocoKeypoints, ann, img)
     assert len(ds) == 1 and ds.skips == {'missing image file': 1} and 'missing image file: 1' in msgs[0]
     (img / '0.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
-    with pytest.raises(ValueError, match=r'0\.jpg: cannot decode image'): ds[0]
+    with pytest.raises(ValueError, match=r'0\.jpg: corrupt or truncated image'): ds[0]
     (img / '0.jpg').unlink()
     with pytest.raises(FileNotFoundError, match=r'0\.jpg: image file not found'): ds[0]
 
@@ -179,7 +179,7 @@ def test_detection_file_problems(tmp_path):
                                dict(image_id=77, bbox=[10, 10, 50, 80], score=.9, category_id=1),
                                dict(image_id=1, bbox=[10, 10, 0, 80], score=.9, category_id=1)]))
     ds, msgs = quiet(CocoKeypoints, ann, img, train=False, det_file=det)
-    assert len(ds) == 1 and ds.skips == {'unknown image id': 1, 'empty or outside box': 1}
+    assert len(ds) == 1 and ds.skips == {'unknown image id': 1, 'empty box': 1}
     assert 'det.json: skipped 2 samples' in msgs[0]
     det.write_text(json.dumps([dict(image_id=77, bbox=[10, 10, 50, 80], score=.9)]))
     with pytest.raises(ValueError, match='det.json: no usable samples'), warnings.catch_warnings():

@@ -3,11 +3,11 @@ import json, os, re, shutil, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from adpd.train import main, make_parser
+from conftest import coco_args
 from adpd.run import load_checkpoint
 from adpd.recipes import SHIPPED
 from adpd.models import create_pose_model as build_model
 from adpd.models import load_pose_checkpoint
-from adpd.synthetic import make_synthetic_coco
 
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore')
 BIN = Path(sys.executable).parent
@@ -87,45 +87,23 @@ def test_console_script():
     assert r.returncode == 0 and '--quick' in r.stdout and '--teacher-epochs' in r.stdout
 
 # ---------------------------------------------------------------- resume
-@pytest.fixture(scope='module')
-def synth(tmp_path_factory):
-    "A synthetic COCO-layout folder (splits train, val) and a tiny teacher checkpoint."
-    root = tmp_path_factory.mktemp('synth')
-    make_synthetic_coco(root, n_images=16, seed=0)
-    torch.manual_seed(0)
-    torch.save(build_model('tiny-w16').state_dict(), root / 'teacher.pth')
-    return root
-
-def coco_args(root, out, *extra, teacher_weights=True):
-    tw = ['--teacher-weights', str(root / 'teacher.pth')] if teacher_weights else []
-    return ['coco', '--data-root', str(root), '--train-split', 'train', '--val-split', 'val', '--student', 'tiny-w8',
-            '--teacher', 'tiny-w16', *tw, '--kd', 'adpd', '--epochs', '2',
-            '--lr-steps', '1', '--bs', '4', '--image-size', '64x48', '--eval-every', '0', '--no-bar', '--threads', '1', '--out', str(out), *extra]
-
-@pytest.fixture(scope='module')
-def straight(synth, tmp_path_factory):
-    "Two epochs of ADPD without interruption."
-    out = tmp_path_factory.mktemp('runs') / 'straight'
-    assert main(coco_args(synth, out)) == 0
-    return out
-
 def run_state(out):
     ck = load_checkpoint(out / 'checkpoint.pth')
     return ck['model'], ck['callbacks']['distill']['kd_loss'], ck['opt']['state']
 
-def test_resume_is_exact(synth, straight, tmp_path):
+def test_resume_is_exact(synth, finished, tmp_path):
     out = tmp_path / 'killed'
     assert main(coco_args(synth, out, '--stop-after', '1')) == 0
     ck = load_checkpoint(out / 'checkpoint.pth')
     assert ck['epoch'] == 1 and not (out / 'final.pth').exists()
     assert main(coco_args(synth, out, '--resume')) == 0
-    (m1, w1, o1), (m2, w2, o2) = run_state(straight), run_state(out)
+    (m1, w1, o1), (m2, w2, o2) = run_state(finished), run_state(out)
     sd_equal(m1, m2); sd_equal(w1, w2)                      # student, weight net (with its BN statistics)
     for a, b in zip(o1, o2): sd_equal(a, b)                  # optimizer state of both parameter groups
-    sd_equal(torch.load(straight / 'final.pth'), torch.load(out / 'final.pth'))
+    sd_equal(torch.load(finished / 'final.pth'), torch.load(out / 'final.pth'))
     log = (out / 'log.csv').read_text().splitlines()
-    assert len(log) == 3 and log[0] == (straight / 'log.csv').read_text().splitlines()[0]
-    r1, r2 = (json.loads((o / 'results.json').read_text()) for o in (straight, out))
+    assert len(log) == 3 and log[0] == (finished / 'log.csv').read_text().splitlines()[0]
+    r1, r2 = (json.loads((o / 'results.json').read_text()) for o in (finished, out))
     assert r1['metrics'] == pytest.approx(r2['metrics'])
     assert [h['valid_loss'] for h in r1['history']] == pytest.approx([h['valid_loss'] for h in r2['history']])
 
@@ -141,7 +119,7 @@ def test_a_run_written_before_a_new_flag_resumes(synth, tmp_path, capsys):
     capsys.readouterr()
     assert main(coco_args(synth, out, '--resume', '--no-bound')) == 2 and 'bound: True → False' in capsys.readouterr().err
 
-def test_crash_while_writing_keeps_the_good_checkpoint(synth, straight, tmp_path, monkeypatch):
+def test_crash_while_writing_keeps_the_good_checkpoint(synth, finished, tmp_path, monkeypatch):
     out = tmp_path / 'crash'
     assert main(coco_args(synth, out, '--stop-after', '1')) == 0
     good = (out / 'checkpoint.pth').read_bytes()
@@ -158,16 +136,16 @@ def test_crash_while_writing_keeps_the_good_checkpoint(synth, straight, tmp_path
     (out / '.checkpoint.pth.x1y2.tmp').write_bytes(b'left by a kill -9')      # what a hard kill leaves
     assert main(coco_args(synth, out, '--resume')) == 0
     assert not list(out.glob('.*.tmp'))
-    sd_equal(run_state(straight)[0], run_state(out)[0])
+    sd_equal(run_state(finished)[0], run_state(out)[0])
 
-def test_run_folder_is_never_overwritten(synth, straight, capsys):
-    before = (straight / 'checkpoint.pth').read_bytes()
+def test_run_folder_is_never_overwritten(synth, finished, capsys):
+    before = (finished / 'checkpoint.pth').read_bytes()
     for extra, msg in ((['--seed', '1'], 'holds another run'), (['--seed', '1', '--resume'], 'seed: 0 → 1'), ([], 'pass --resume')):
-        assert main(coco_args(synth, straight, *extra)) == 2
+        assert main(coco_args(synth, finished, *extra)) == 2
         assert msg in capsys.readouterr().err
-    (straight.parent / 'mine').mkdir(); (straight.parent / 'mine' / 'thesis.tex').write_text('precious')
-    assert main(coco_args(synth, straight.parent / 'mine')) == 2 and 'holds no adpd run' in capsys.readouterr().err
-    assert (straight / 'checkpoint.pth').read_bytes() == before
+    (finished.parent / 'mine').mkdir(); (finished.parent / 'mine' / 'thesis.tex').write_text('precious')
+    assert main(coco_args(synth, finished.parent / 'mine')) == 2 and 'holds no adpd run' in capsys.readouterr().err
+    assert (finished / 'checkpoint.pth').read_bytes() == before
 
 # ---------------------------------------------------------------- two processes
 def _free_port():
