@@ -167,11 +167,15 @@ class TopDownDataset(torch.utils.data.Dataset):
         c[0] = w - 1 - c[0]
         return compose_affine(hflip_affine(w), get_affine(c, aug['scale'], self.image_size, aug['rot']))
 
+    def image(self, i, reduce:int=1):
+        "The BGR uint8 image `(h, w, 3)` of sample `i` at 1/`reduce` resolution: its file, decoded (a subclass may hold it in memory)."
+        return read_image(self.db.file[i], reduce)
+
     def load(self, i, aug):
         "Warp sample `i` under `aug`: uint8 crop `(3, H, W)` RGB and joints `(K, 3)` in heatmap pixels."
         M = self.crop_affine(i, aug)
         f = reduce_factor(self.image_size[0] / (aug['scale'][0] * PIXEL_STD), self.fast_decode)
-        img = read_image(self.db.file[i], f)
+        img = self.image(i, f)
         Mf = compose_affine(np.array([[f, 0., (f - 1) / 2], [0., f, (f - 1) / 2]]), M) if f > 1 else M
         crop = cv2.warpAffine(img, Mf, tuple(self.image_size), flags=cv2.INTER_LINEAR)
         j = self.db.joints[i]

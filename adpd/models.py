@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_models.ipynb #77bb8952
 from __future__ import annotations
-import math, pickle, re, time, warnings, zipfile
+import contextlib, math, pickle, re, time, warnings, zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
@@ -23,7 +23,8 @@ __all__ = ['COLORS', 'POSE_MODELS', 'init_pose_weights', 'joint_params', 'HRModu
            'PoseResNet', 'pose_resnet', 'DeconvPoseNet', 'pose_torchvision', 'TimmPoseNet', 'pose_timm', 'FPNPoseNet',
            'pose_fpn', 'HourglassResidual', 'Hourglass', 'PoseHourglass', 'pose_hourglass', 'TinyPoseNet',
            'rgb_to_bgr_input', 'ColorIn', 'set_color', 'create_pose_model', 'checkpoint_problem', 'CheckpointError',
-           'read_checkpoint', 'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'model_stats']
+           'read_checkpoint', 'read_state_dict', 'load_pose_checkpoint', 'load_imagenet_weights', 'measure_latency',
+           'model_stats', 'compare_speed']
 
 # %% ../nbs/03_models.ipynb #62363697
 def init_pose_weights(module):
@@ -336,7 +337,7 @@ class TinyPoseNet(nn.Module):
             nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU())
-        self.final_layer = nn.Conv2d(width, num_joints, 1)
+        self.final_layer = _joint_conv(nn.Conv2d(width, num_joints, 1))
 
     def forward(self, x): return self.final_layer(self.body(x))
 
@@ -566,8 +567,34 @@ def _paper_macs(model, x):
         for h in hs: h.remove()
     return tot[0] / len(x)
 
-def model_stats(model, input_size=(192, 256), batch_size=1, latency=True, n_runs=5, warmup=1):
-    "Parameters, GMACs (10⁹ multiply-adds per image), the papers' GFLOPs and best latency (ms per image) at `input_size=(w, h)`."
+def measure_latency(model, input_size=(192, 256), batch_size=1, n_runs=20, warmup=2, threads=None, stat='median'):
+    """Milliseconds per image of `model` (any module: eager PyTorch, TorchScript, an `adpd.export.ExportedModel`) on a batch of
+    `batch_size` random `input_size=(w, h)` crops: the `stat` ('median' or 'min'; None: the list of all) of `n_runs` timed forward
+    passes after `warmup` untimed ones, in eval mode under `torch.inference_mode`, on the model's device (None on `meta`).
+    `threads`: torch's intra-op threads while timing (restored after; an ONNX Runtime session has its own, set when it is made)."""
+    if stat not in ('median', 'min', None): raise ValueError(f"measure_latency: stat must be 'median', 'min' or None, not {stat!r}")
+    if n_runs < 1: raise ValueError(f"measure_latency: n_runs must be ≥ 1, not {n_runs}")
+    p = next(iter(model.parameters()), None)
+    dev, dt = (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
+    if dev.type == 'meta': return None
+    w, h = input_size
+    x = torch.randn(batch_size, 3, h, w, device=dev, dtype=dt)
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    n0, ts = torch.get_num_threads(), []
+    if threads: torch.set_num_threads(threads)
+    try:
+        mode = eval_mode(model) if hasattr(model, 'training') else contextlib.nullcontext()   # a frozen TorchScript module has no mode
+        with mode, torch.inference_mode():
+            for i in range(warmup + n_runs):
+                sync(); t0 = time.perf_counter(); model(x); sync()
+                if i >= warmup: ts.append(time.perf_counter() - t0)
+    finally: torch.set_num_threads(n0)
+    ms = [t / batch_size * 1e3 for t in ts]
+    return ms if stat is None else float(np.median(ms) if stat == 'median' else min(ms))
+
+def model_stats(model, input_size=(192, 256), batch_size=1, latency=True, n_runs=5, warmup=1, threads=None, stat='min'):
+    """Parameters, GFLOPs (`torch.utils.flop_counter`'s count / 10⁹), GMACs (10⁹ multiply-adds, half of it), the papers' GFLOPs and
+    latency (ms per image, `measure_latency`'s `stat` of `n_runs`, with `threads`) of one image at `input_size=(w, h)`."""
     from torch.utils.flop_counter import FlopCounterMode
     w, h = input_size
     p = next(model.parameters())
@@ -575,15 +602,53 @@ def model_stats(model, input_size=(192, 256), batch_size=1, latency=True, n_runs
     with eval_mode(model):
         with torch.no_grad():
             with FlopCounterMode(display=False) as fc: model(x)
-            res = dict(params=n_params(model), gmacs=fc.get_total_flops() / 2e9,
+            flops = fc.get_total_flops()
+            res = dict(params=n_params(model), gflops=flops / 1e9, gmacs=flops / 2e9,
                        gflops_paper=_paper_macs(model, x) / 2 ** 30, latency_ms=None)
-        if latency and p.device.type != 'meta':
-            xb = torch.randn(batch_size, 3, h, w, device=p.device, dtype=p.dtype)
-            sync = torch.cuda.synchronize if p.device.type == 'cuda' else (lambda: None)
-            ts = []
-            with torch.inference_mode():
-                for i in range(warmup + n_runs):
-                    sync(); t0 = time.perf_counter(); model(xb); sync()
-                    if i >= warmup: ts.append(time.perf_counter() - t0)
-            res['latency_ms'] = min(ts) / batch_size * 1e3
+    if latency: res['latency_ms'] = measure_latency(model, input_size, batch_size, n_runs, warmup, threads, stat)
     return res
+
+# %% ../nbs/03_models.ipynb #89692540
+def compare_speed(models:dict, input_size=(192, 256), batch_sizes=(1, 32), threads:int|None=1, n_runs:int=20, onnx:bool=True,
+                  onnx_dir=None, rtol:float=1e-3, rounds:int=5) -> list:
+    """One row per `name: model` of `models` (the first is the reference, e.g. the teacher): parameters, GFLOPs, GMACs, and the CPU
+    latency in ms per crop at each batch size for eager PyTorch (`eager_b{B}`) and, with `onnx`, ONNX Runtime running the model
+    exported by `adpd.export.export_student` (`ort_b{B}`), with `threads` threads; `speedup_eager_b{B}`/`speedup_ort_b{B}`: the first
+    model's latency ÷ this one's in the same runtime; `ort_vs_eager_b{B}`: eager ÷ ONNX Runtime; `ort_err`: max |ONNX Runtime − eager|
+    ÷ max |eager| on the heatmaps of one batch (relative, as a fresh HRNet's heatmaps are ~1e-10; `ValueError` above `rtol`).
+    Latency: the median of `n_runs` passes at batch 1 and of `max(3, n_runs // 4)` at larger batches (`measure_latency`), at
+    `input_size=(w, h)`, taken in `rounds` interleaved rounds over all the models so that a change of load falls on all alike."""
+    import copy, tempfile
+    if not models: raise ValueError("compare_speed: no models")
+    rows, timed, (w, h) = [], [], input_size
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            m = copy.deepcopy(model).float().cpu().eval()
+            r = dict(name=name, **{k: v for k, v in model_stats(m, input_size, latency=False).items() if k != 'latency_ms'})
+            timed += [(r, f'eager_b{bs}', m, bs) for bs in batch_sizes]
+            if onnx:
+                from adpd.export import export_student, ExportedModel
+                fname = re.sub(r'[^\w.-]+', '_', name) + '.onnx'
+                ort = ExportedModel(export_student(m, Path(onnx_dir or tmp) / fname, 'onnx', input_size), threads=threads)
+                x = torch.randn(2, 3, h, w)
+                with torch.inference_mode(): y = last_heatmaps(m(x)); r['ort_err'] = float((ort(x) - y).abs().max() / y.abs().max().clamp_min(1e-30))
+                if not r['ort_err'] <= rtol:
+                    raise ValueError(f"compare_speed: {name}: ONNX Runtime differs from eager PyTorch by {r['ort_err']:.3g} "
+                                     f"of the heatmaps' scale (> {rtol})")
+                timed += [(r, f'ort_b{bs}', ort, bs) for bs in batch_sizes]
+            rows.append(r)
+        ms = {(id(r), k): [] for r, k, _, _ in timed}
+        for i in range(rounds):
+            for r, k, mod, bs in timed:
+                n = n_runs if bs == 1 else max(3, n_runs // 4)
+                n_i = n // rounds + (i < n % rounds)         # this round's share of the passes
+                if not n_i: continue
+                warm = (2 if bs == 1 else 1) if i == 0 else int(bs == 1)
+                ms[id(r), k] += measure_latency(mod, input_size, bs, n_i, warm, threads if k.startswith('eager') else None, stat=None)
+    for r, k, _, _ in timed: r[k] = float(np.median(ms[id(r), k]))
+    rts = ('eager', 'ort') if onnx else ('eager',)
+    for r in rows:
+        for bs in batch_sizes:
+            for rt in rts: r[f'speedup_{rt}_b{bs}'] = rows[0][f'{rt}_b{bs}'] / r[f'{rt}_b{bs}']
+            if onnx: r[f'ort_vs_eager_b{bs}'] = r[f'eager_b{bs}'] / r[f'ort_b{bs}']
+    return rows

@@ -13,17 +13,17 @@ from fastai.torch_core import rank_distrib
 from .core import atomic_write_text, n_params
 from .data import CocoKeypoints, MPIIKeypoints, pose_dls
 from .synthetic import make_synthetic_coco
-from .models import create_pose_model, load_pose_checkpoint, model_stats, CheckpointError
+from .models import create_pose_model, load_pose_checkpoint, compare_speed, CheckpointError
 from .learner import pose_learner
 from .evaluate import coco_evaluate, mpii_evaluate, MPII_GROUPS
 from .run import *
 
 # %% auto #0
 __all__ = ['COCO_PRESETS', 'MPII_PRESETS', 'PRESETS', 'PAPER', 'BENCH', 'SHIPPED', 'WEIGHTS', 'QUICK', 'KD_KINDS', 'DEMO_COLS',
-           'model_from_name', 'parse_size', 'RecipeConfig', 'recipe_config', 'coco_split', 'mpii_split',
+           'SPEED', 'model_from_name', 'parse_size', 'RecipeConfig', 'recipe_config', 'coco_split', 'mpii_split',
            'recipe_datasets', 'load_weights', 'recipe_teacher', 'run_recipe', 'bench_data', 'sha256', 'ship_weights',
            'shipped_model', 'ShipConfig', 'ship_config', 'train_shipped', 'DemoConfig', 'StudentRun', 'student_run',
-           'plot_curves', 'kd_summary', 'run_demo']
+           'plot_curves', 'kd_summary', 'demo_speed', 'run_demo']
 
 # %% ../nbs/08a_recipes.ipynb #afe5b74f
 def model_from_name(name:str, num_joints:int=17) -> nn.Module:
@@ -288,8 +288,8 @@ def _table(rows, cols):
     return '\n'.join(out)
 
 DEMO_COLS = [('run', 'name', '{}'), ('model', 'model', '{}'), ('params (M)', 'params_m', '{:.2f}'), ('epochs', 'epochs', '{}'),
-             ('speed-up (b1 / b32)', 'speedup', '{}'), ('AP', 'AP_s', '{}'), ('AP50', 'AP50_s', '{}'), ('PCK', 'pck_s', '{}'),
-             ('seeds', 'n', '{}')]
+             ('speed-up (b1 / b32)', 'speedup', '{}'), ('latency, ms/crop (b1 / b32)', 'latency', '{}'), ('AP', 'AP_s', '{}'),
+             ('AP50', 'AP50_s', '{}'), ('PCK', 'pck_s', '{}'), ('seeds', 'n', '{}')]
 
 def _mean_std(xs, f='{:.3f}'):
     "`mean ± std` (sample std) of the numbers in `xs`, the mean formatted by `f`, the std without a sign."
@@ -332,29 +332,31 @@ def kd_summary(logs) -> str:
     return (f"weights {min(w):.3g}–{max(w):.3g}, KD loss {min(kd):.3g}–{max(kd):.3g}"
             + (f", KD/pose gradient ratio {min(g):.3g}–{max(g):.3g}" if g else '') + f" (epoch means, {len(rows)} epochs)")
 
-def _speed(model, input_size, threads=1):
-    "Latency (ms per crop) at batch 1 and 32 with `threads` torch threads: the median of several timed forward passes."
-    n0 = torch.get_num_threads()
-    torch.set_num_threads(threads)    # one thread: a fair CPU latency for small models (more threads mostly add waiting)
-    try:
-        return {bs: float(np.median([model_stats(model, input_size, bs, n_runs=3, warmup=1)['latency_ms'] for _ in range(5 if bs == 1 else 2)]))
-                for bs in (1, 32)}
-    finally: torch.set_num_threads(n0)
+SPEED = dict(threads=1, n_runs=20)   # one thread: a fair CPU latency for small models (more threads mostly add waiting)
+
+def demo_speed(teacher, student, input_size) -> dict:
+    """`compare_speed` of the teacher and the student (eager PyTorch on the CPU, `SPEED`'s threads; the median of `SPEED['n_runs']`
+    passes at batch 1, of a quarter of them at batch 32): `{'teacher': row, 'student': row}`."""
+    rows = compare_speed(dict(teacher=teacher, student=student), input_size, (1, 32), onnx=False, **SPEED)
+    return {r['name']: r for r in rows}
 
 # %% ../nbs/08a_recipes.ipynb #ef340d9e
 def _demo_report(c:DemoConfig, out, per_seed, scores, speed, models, logs, runs, data, wall):
     "Print and write the demo's table (`results.md`), `results.csv` and `curves.png`."
     (teacher, base), (tres, bres), (tr, va) = models, scores, data
     tname, sname = teacher.shipped['model'], base.shipped['model']
-    sp = lambda n: f"{speed['teacher'][1] / speed[n][1]:.1f}× / {speed['teacher'][32] / speed[n][32]:.1f}×"
+    sp = lambda n: f"{speed[n]['speedup_eager_b1']:.1f}× / {speed[n]['speedup_eager_b32']:.1f}×"
+    lat = lambda n: f"{speed[n]['eager_b1']:.2f} / {speed[n]['eager_b32']:.2f}"
     te, se = teacher.shipped['config']['epochs'], base.shipped['config']['epochs']
     fixed = lambda r: dict(AP_s=f"{r['AP']:.3f}", AP50_s=f"{r['AP50']:.3f}", pck_s=f"{r['pck']:.3f}", n='')
-    rows = [dict(name='teacher (shipped)', model=tname, params_m=n_params(teacher) / 1e6, epochs=te, speedup=sp('teacher'), **fixed(tres)),
+    rows = [dict(name='teacher (shipped)', model=tname, params_m=n_params(teacher) / 1e6, epochs=te, speedup=sp('teacher'),
+                 latency=lat('teacher'), **fixed(tres)),
             dict(name='student (shipped, before fine-tuning)', model=sname, params_m=n_params(base) / 1e6, epochs=se,
-                 speedup=sp('student'), **fixed(bres))]
+                 speedup=sp('student'), latency=lat('student'), **fixed(bres))]
     for kd in c.kd:
         rs = [r for r in per_seed if r['kd'] == kd]
-        rows.append(dict(name=rs[0]['name'], model=sname, params_m=rs[0]['params'] / 1e6, epochs=f'{se} + {c.epochs}', speedup=sp('student'),
+        rows.append(dict(name=rs[0]['name'], model=sname, params_m=rs[0]['params'] / 1e6, epochs=f'{se} + {c.epochs}',
+                         speedup=sp('student'), latency=lat('student'),
                          AP_s=_mean_std([r.get('AP') for r in rs]), AP50_s=_mean_std([r.get('AP50') for r in rs]),
                          pck_s=_mean_std([r['pck'] for r in rs]), n=len(rs)))
     diffs = []
@@ -366,9 +368,10 @@ def _demo_report(c:DemoConfig, out, per_seed, scores, speed, models, logs, runs,
     kd_note = kd_summary([f / 'log.csv' for f in runs if f.name == 'student-adpd'])
     note = (f"\n\nmean ± std over seeds {', '.join(map(str, c.seeds))} (same init: the shipped student; same batches per seed); "
             f"paired differences: " + '; '.join(diffs) + f".\nbenchmark: synthetic COCO ({BENCH['level']}), {len(tr)} training / "
-            f"{len(va)} validation people, input {BENCH['image_size']}, COCO AP with flip test; speed-up: teacher latency / student "
-            f"latency per crop at batch 1 / 32 (teacher {speed['teacher'][1]:.1f} / {speed['teacher'][32]:.2f} ms, student "
-            f"{speed['student'][1]:.1f} / {speed['student'][32]:.2f} ms; one torch thread, {os.cpu_count()} cores; training used {torch.get_num_threads()}); "
+            f"{len(va)} validation people, input {BENCH['image_size']}, COCO AP with flip test; latency: eager PyTorch on the CPU, ms per "
+            f"crop at batch 1 / 32, the median of {SPEED['n_runs']} / {max(3, SPEED['n_runs'] // 4)} passes with {SPEED['threads']} torch "
+            f"thread{'s' if SPEED['threads'] > 1 else ''} ({os.cpu_count()} cores; training used {torch.get_num_threads()}); "
+            f"speed-up: teacher latency ÷ student latency; "
             f"wall time {wall:.0f}s\n" + (f"ADPD, over every epoch of every seed: {kd_note}\n" if kd_note else ''))
     keep = ['name', 'kd', 'seed', 'model', 'params', 'AP', 'AP50', 'AP75', 'APm', 'AR', 'pck', 'train_time', *_KD_COLS]
     buf = io.StringIO()
@@ -400,7 +403,7 @@ def run_demo(c:DemoConfig, rt:Runtime, data_root='~/.cache/adpd/synthetic', weig
         with (contextlib.nullcontext() if rt.bar else learn.no_bar()): pck = learn.validate()[1]
         return dict(evaluate(m), pck=pck)
     scores = score(teacher), score(base)
-    speed = {n: _speed(m, parse_size(BENCH['image_size'])) for n, m in (('teacher', teacher), ('student', base))}
+    speed = demo_speed(teacher, base, parse_size(BENCH['image_size']))
     say(f"teacher {teacher.shipped['model']}: AP {scores[0]['AP']:.3f}; student as shipped: AP {scores[1]['AP']:.3f} "
         f"({time.time() - t:.1f}s, with the speed measurement)")
     init = base.state_dict()

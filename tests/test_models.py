@@ -273,3 +273,11 @@ def test_from_scratch_backbones_keep_the_standard_init():
 def test_fpn_names_and_errors():
     with pytest.raises(ValueError, match=r'known: .*timm:<any timm model>, fpn:<timm model>'): create_pose_model('fpn-resnet18')
     with pytest.raises(ValueError, match='no stride-4 stage'): create_pose_model('fpn:vit_tiny_patch16_224')
+
+@pytest.mark.parametrize('name', ['tiny', 'tiny-w8', 'resnet_18', 'hrnet_w18', 'mobilenet_v2'])
+def test_every_family_marks_its_joint_layer(name):
+    "A checkpoint of another K can be adapted (and a K mismatch explained) only if the joint layer is known."
+    m = create_pose_model(name, num_joints=5)
+    jp = joint_params(m)
+    sd = m.state_dict()
+    assert jp and all(sd[k].shape[ax] == 5 for k, ax in jp.items())

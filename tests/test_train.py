@@ -28,7 +28,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     r = adpd_train('demo', '--quick', '--no-bar', '--threads', '1', '--data-root', 'data', '--out', 'demo', cwd=tmp_path)   # relative paths
     assert r.returncode == 0, r.stderr[-3000:]
     table = [l for l in r.stdout.splitlines() if l.startswith('| ')]
-    assert table[0].startswith('| run | model | params (M) | epochs | speed-up (b1 / b32) | AP | AP50 | PCK | seeds |')
+    assert table[0].startswith('| run | model | params (M) | epochs | speed-up (b1 / b32) | latency, ms/crop (b1 / b32) | AP | AP50 | PCK | seeds |')
     assert [l.split('|')[1].strip() for l in table[1:]] == ['teacher (shipped)', 'student (shipped, before fine-tuning)',
                                                             'student, no KD', 'student + FPD', 'student + KL', 'student + ADPD']
     assert all(re.search(r'\| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| 2 \|$', l) for l in table[3:]), table
@@ -53,7 +53,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert main(args) == 2 and 'pass --resume' in capsys.readouterr().err
     assert main(args + ['--resume']) == 0
     again = [l for l in capsys.readouterr().out.splitlines() if l.startswith('| ')]
-    strip = lambda t: [l.split('|')[:5] + l.split('|')[6:] for l in t]      # same numbers, measured speed aside
+    strip = lambda t: [l.split('|')[:5] + l.split('|')[7:] for l in t]      # same numbers, measured speed and latency aside
     assert strip(again) == strip(table)
 
 def test_demo_flags(capsys):
