@@ -92,8 +92,8 @@ def _recipe_parser(sub, name, presets, paper, layout):
     p.add_argument('--no-flip', dest='flip', action='store_false', help='no flip test')
     p.add_argument('--fast-decode', action='store_true',
                    help='decode JPEGs at 1/2-1/8 size when the crop shrinks them that much: faster data loading, but '
-                        'the crop pixels differ from the official pipeline (COCO: 3 grey levels on average, up to ~150 at '
-                        'sharp edges); off by default, as the paper recipe decodes in full')
+                        'the crop pixels differ from the official pipeline (COCO crops: 2-5 grey levels on average, single '
+                        'pixels up to ~220 at sharp edges); off by default, as the paper recipe decodes in full')
     if name == 'coco':
         p.add_argument('--det-file', metavar='F', help='person detections (COCO results json) for the final evaluation')
         p.add_argument('--det-thr', type=UNIT, default=paper.det_thr, help='drop detections scoring below this')
