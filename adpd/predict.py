@@ -137,11 +137,11 @@ def predict(model, image, boxes=None, spec:KeypointSpec|None=None, image_size=No
 RUN_WEIGHTS = ('best.pth', 'final.pth', 'checkpoint.pth')
 
 def _hxw(s, source) -> tuple:
-    "'256x192' (H x W, as configs write it) → `(w, h)`."
-    m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
-    if not m or int(m.group(1)) % 4 or int(m.group(2)) % 4 or '0' in (m.group(1), m.group(2)):
-        raise InputError(f"{source}: image size {s!r}: write HxW, both positive multiples of 4, e.g. 256x192")
-    return int(m.group(2)), int(m.group(1))
+    "'256x192' (H x W, as configs write it) → `(w, h)`, by `adpd.recipes.parse_size`; `InputError` naming `source`."
+    from adpd.recipes import parse_size
+    from adpd.run import TrainError
+    try: return parse_size(s)
+    except TrainError as e: raise InputError(f"{source}: image {e}") from None
 
 def _read_cfg(f) -> dict:
     try: cfg = read_json(f, 'run config')
@@ -191,10 +191,8 @@ def _build(arch, sd, f):
     "The `arch` model with the K of the state dict `sd` (file `f`): the size its tensors give the axes that are K = 17 by default."
     try: m = create_pose_model(arch)
     except ValueError as e: raise InputError(f"--arch {arch!r}: {e}") from None
-    msd = m.state_dict()
-    Ks = {a[i] for k, v in msd.items() if k in sd and sd[k].ndim == v.ndim and sd[k].shape != v.shape
-          for a, b in [(tuple(sd[k].shape), tuple(v.shape))] for i in range(len(a)) if a[i] != b[i] and b[i] == 17}
-    if len(Ks) == 1: m = create_pose_model(arch, num_joints=Ks.pop())
+    K = next((sd[k].shape[ax] for k, ax in joint_params(m).items() if k in sd and sd[k].ndim > ax), 17)   # every family marks its joint layer
+    if K != 17: m = create_pose_model(arch, num_joints=int(K))
     try: load_pose_checkpoint(m, sd)
     except ValueError as e: raise InputError(f"{f}: not the weights of a {arch} pose model ({str(e).split(': ', 1)[-1][:300]})") from None
     return m.float().eval()
@@ -254,13 +252,14 @@ def read_boxes(path, images) -> list:
             if not (isinstance(r, dict) and isinstance(r.get('image_id'), int) and isinstance(r.get('bbox'), list)
                     and len(r['bbox']) == 4 and all(map(ok, r['bbox'])) and ok(r.get('score', 1.))):
                 raise InputError(f"{path}: detection {j} ({str(r)[:80]}) needs an int image_id, a bbox [x, y, w, h] and a numeric score")
-        ids = {coco_image_id(f, i): i for i, f in enumerate(names)}
-        dets = [r for r in d if r.get('category_id', 1) == 1]
+        ids, by_image = {coco_image_id(f, i): i for i, f in enumerate(names)}, {}
+        for r in d:
+            if r.get('category_id', 1) == 1: by_image.setdefault(r['image_id'], []).append(r)
         for img_id, i in ids.items():
-            mine = [r for r in dets if r['image_id'] == img_id]
+            mine = by_image.get(img_id)
             if mine: out[i] = (person_boxes([r['bbox'] for r in mine], (1, 1), f"{path}: image_id {img_id}"),
                                np.array([r.get('score', 1.) for r in mine], np.float64))
-        extra = sorted({r['image_id'] for r in dets} - set(ids))
+        extra = sorted(set(by_image) - set(ids))
     else: raise InputError(f"{path}: expected a mapping file name → [[x, y, w, h], ...] or a list of COCO detection results, "
                            f"got a json {type(d).__name__}")
     if extra: print(f"adpd_predict: note: {path}: boxes of {len(extra)} images not given are ignored (e.g. {extra[0]!r})", file=sys.stderr)

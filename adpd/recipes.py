@@ -36,7 +36,7 @@ def parse_size(s) -> tuple:
     m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
     if not m: raise TrainError(f"size {s!r}: write it as HxW, e.g. 256x192")
     h, w = int(m.group(1)), int(m.group(2))
-    if h % 4 or w % 4: raise TrainError(f"size {s!r}: both sides must be multiples of 4 (heatmaps are 1/4 of the input)")
+    if h <= 0 or w <= 0 or h % 4 or w % 4: raise TrainError(f"size {s!r}: both sides must be positive multiples of 4 (heatmaps are 1/4 of the input)")
     return w, h
 
 # %% ../nbs/08a_recipes.ipynb #4b3b93ba

@@ -65,3 +65,9 @@ def test_student_is_smaller_and_cheaper(teacher):
     w, h = parse_size(BENCH['image_size'])
     st, ss = (model_stats(m, (w, h), latency=False) for m in (teacher, s))
     assert st['gmacs'] >= 3 * ss['gmacs'], (st, ss)    # the speed itself is measured by the demo and bench/bench_distill.py
+
+def test_parse_size_refuses_empty_and_odd_sizes():
+    from adpd.run import TrainError
+    assert parse_size('256x192') == (192, 256) and parse_size(' 64 × 48 ') == (48, 64)
+    for bad in ('0x0', '0x192', '255x192', 'abc'):
+        with pytest.raises(TrainError, match='size'): parse_size(bad)
