@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_learner.ipynb #c76a2849
 from __future__ import annotations
+import re
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,11 +17,12 @@ from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
 from fastai.torch_core import params, to_float, rank_distrib, num_distrib
 from .core import last_heatmaps, heatmap_argmax, unwrap
-from .losses import JointsMSELoss, ADPDLoss, FPDLoss, KLPoseLoss
+from .losses import JointsMSELoss, TERMS, ADPDLoss, DKDLoss, FPDLoss, KLPoseLoss
 
 # %% auto #0
-__all__ = ['KD_LOSSES', 'pose_loss', 'pck_counts', 'PCK', 'pose_learner', 'DistillCallback', 'distill_learner', 'Evaluator',
-           'with_eval']
+__all__ = ['KD_KINDS', 'pose_loss', 'pck_counts', 'member_pred', 'PCK', 'pose_learner', 'DistillCallback', 'make_kd_loss',
+           'distill_learner', 'Cohort', 'PoseOnly', 'CohortLoss', 'MemberLoss', 'cohort_pose_loss', 'distill_cohort',
+           'Evaluator', 'with_eval']
 
 # %% ../nbs/06_learner.ipynb #14d67265
 _mse = JointsMSELoss()
@@ -43,12 +45,16 @@ def pck_counts(pred, target, thr=.5):
     valid = (t > 1).all(-1)                                                   # (B, K)
     return (((p - t) / norm).norm(dim=-1) < thr).logical_and(valid).sum(0), valid.sum(0)
 
+def member_pred(pred, member=None):
+    "The heatmaps `(B, K, H, W)` of `member` in a cohort's predictions `{name: output}` (of the model itself when `member` is None)."
+    return last_heatmaps(pred if member is None else pred[member])
+
 class PCK(Metric):
-    "PCK@`thr` of the HRNet family over an epoch: mean over joints of hits / valid targets."
-    def __init__(self, thr=.5): self.thr = thr
+    "PCK@`thr` of the HRNet family over an epoch: mean over joints of hits / valid targets (of one `member` of a cohort)."
+    def __init__(self, thr=.5, member=None): self.thr, self.member = thr, member
     def reset(self): self.hits = self.valid = 0
     def accumulate(self, learn):
-        h, v = pck_counts(last_heatmaps(learn.pred), learn.yb[0], self.thr)
+        h, v = pck_counts(member_pred(learn.pred, self.member), learn.yb[0], self.thr)
         self.hits, self.valid = self.hits + h.cpu(), self.valid + v.cpu()
     @property
     def value(self):
@@ -56,7 +62,7 @@ class PCK(Metric):
         ok = self.valid > 0
         return float((self.hits[ok].float() / self.valid[ok]).mean())
     @property
-    def name(self): return 'pck'
+    def name(self): return 'pck' if self.member is None else f'{self.member}_pck'
 
 # %% ../nbs/06_learner.ipynb #8215aa5e
 def pose_learner(dls, model, loss_func=pose_loss, metrics=None, **kwargs) -> Learner:
@@ -65,11 +71,12 @@ def pose_learner(dls, model, loss_func=pose_loss, metrics=None, **kwargs) -> Lea
 
 # %% ../nbs/06_learner.ipynb #1906c180
 class DistillCallback(Callback):
-    "Distil a frozen `teacher` into the learner's model with `kd_loss(student, teacher, hm, tw)`; owns the KD loss and its state."
+    """Distil a frozen `teacher` into the learner's model with `kd_loss(student, teacher, hm, tw)`; owns the KD loss and its state.
+    The teacher runs once per training batch; the model may be a `Cohort`, whose predictions are a dict of its members'."""
     order = GradientAccumulation.order - 1
     def __init__(self, teacher:nn.Module, kd_loss:nn.Module, resize=True):
         store_attr()
-        self.sums, self.n = {}, 0
+        self.sums, self.n = {}, {}
 
     def __getstate__(self):   # `learn.export()` pickles callbacks: never the teacher
         return {**self.__dict__, 'teacher': None, 't_out': None}
@@ -81,12 +88,13 @@ class DistillCallback(Callback):
         self.teacher.to(dev).eval().requires_grad_(False)
         self.kd_loss.to(dev)
 
-    def before_train(self): self.sums, self.n = {}, 0
+    def before_train(self): self.sums, self.n = {}, {}
 
     def after_pred(self):
         if not self.training: return
         with torch.no_grad(): t = last_heatmaps(self.teacher(*self.xb)).float()
-        size = last_heatmaps(self.pred).shape[-2:]
+        p = self.pred
+        size = member_pred(p, next(iter(p)) if isinstance(p, dict) else None).shape[-2:]
         if t.shape[-2:] != size:
             if not self.resize:
                 raise ValueError(f"DistillCallback: teacher heatmaps {tuple(t.shape[-2:])} and student heatmaps {tuple(size)} "
@@ -98,8 +106,10 @@ class DistillCallback(Callback):
         if not self.training: return
         loss = self.kd_loss(to_float(self.pred), self.t_out, *self.yb)
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
-        for k, v in getattr(self.kd_loss, 'last', {}).items(): self.sums[k] = self.sums.get(k, 0.) + v.detach().float()
-        self.n += 1
+
+    def after_backward(self):   # what the KD loss recorded, `kd_grad` included (measured during the backward pass)
+        for k, v in getattr(self.kd_loss, 'last', {}).items():
+            self.sums[k], self.n[k] = self.sums.get(k, 0.) + v.detach().float(), self.n.get(k, 0) + 1
 
     def before_step(self):   # the KD loss is outside the DDP-wrapped model: average its gradients across processes
         if num_distrib() > 1 and dist.is_initialized():
@@ -112,8 +122,8 @@ class DistillCallback(Callback):
     def load_state_dict(self, sd:dict): self.kd_loss.load_state_dict(sd['kd_loss'])
 
     def value(self, name):
-        "Mean of the KD loss's `name` over the training batches of the last epoch."
-        return float(self.sums[name]) / self.n if self.n and name in self.sums else None
+        "Mean of the KD loss's `name` over the training batches of the last epoch that recorded it."
+        return float(self.sums[name]) / self.n[name] if self.n.get(name) else None
 
     def metrics(self):
         "One recorder column per value the KD loss reports."
@@ -121,25 +131,114 @@ class DistillCallback(Callback):
         return [mk(k) for k in getattr(self.kd_loss, 'names', ())]
 
 # %% ../nbs/06_learner.ipynb #b975201e
-KD_LOSSES = dict(adpd=lambda K, **kw: ADPDLoss(K, **kw), fpd=lambda K, T, thr, faithful, detach, bound, **kw: FPDLoss(**kw),
-                 kl=lambda K, thr, faithful, detach, bound, **kw: KLPoseLoss(**kw))
+KD_KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')
+
+def make_kd_loss(kd, K:int, alpha=.5, T=1., thr=.5, detach=True, bound=True, faithful=False, dkd_weights=(1., 1., 1.)):
+    """The KD loss named `kd` (one of `KD_KINDS`) for `K` joints, None for 'none' (or None). `detach`, `bound`, `faithful` are ADPD's
+    options (`faithful` overrides the other two), `dkd_weights` DKD's fixed (BiKD, KAD, NAD) weights; each loss takes what it uses."""
+    if kd is None or kd == 'none': return None
+    if kd == 'fpd': return FPDLoss(alpha=alpha)
+    if kd == 'kl': return KLPoseLoss(T=T, alpha=alpha)
+    if kd == 'dkd': return DKDLoss(T=T, thr=thr, alpha=alpha, weights=dkd_weights)
+    if kd == 'adpd': return ADPDLoss(K, T=T, thr=thr, alpha=alpha, faithful=faithful, detach=detach and not faithful, bound=bound and not faithful)
+    raise ValueError(f"kd={kd!r}: choose one of {', '.join(KD_KINDS)} (or None)")
+
+def _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs):
+    "A learnable KD loss's parameters as a second optimizer group (`splitter`), its lr `weight_lr_mult` × the student's: the `lr` to use."
+    wp = list(kd_loss.parameters())
+    if not wp: return lr
+    learner_kwargs['splitter'] = lambda m: [params(m), wp]
+    return lr if weight_lr_mult is None else np.array([lr, lr * weight_lr_mult])
 
 def distill_learner(dls, student, teacher, kd='adpd', alpha=.5, T=1., thr=.5, weight_lr_mult=None, resize=True, detach=True,
-                    bound=True, faithful=False, metrics=None, cbs=None, lr=1e-3, **learner_kwargs) -> Learner:
-    """A fastai `Learner` that distils `teacher` into `student` with `kd` in ('adpd', 'fpd', 'kl', None: plain training).
+                    bound=True, faithful=False, dkd_weights=(1., 1., 1.), metrics=None, cbs=None, lr=1e-3, **learner_kwargs) -> Learner:
+    """A fastai `Learner` that distils `teacher` into `student` with `kd` in ('adpd', 'dkd', 'fpd', 'kl', None: plain training).
     A learnable KD loss (ADPD's weight net) is a second parameter group; with `weight_lr_mult` its lr is that multiple of
     the student's: `learn.lr` holds both, so `fit`/`fit_one_cycle` without an `lr` (or with a per-group one) use them."""
-    if kd is None or kd == 'none': return pose_learner(dls, student, metrics=metrics, cbs=cbs, lr=lr, **learner_kwargs)
-    if kd not in KD_LOSSES: raise ValueError(f"distill_learner: kd={kd!r}; choose one of {list(KD_LOSSES)} or None")
-    K = dls.train.dataset.spec.K
-    kd_loss = KD_LOSSES[kd](K, T=T, thr=thr, faithful=faithful, detach=detach and not faithful, bound=bound and not faithful, alpha=alpha)
+    kd_loss = make_kd_loss(kd, dls.train.dataset.spec.K, alpha, T, thr, detach, bound, faithful, dkd_weights)
+    if kd_loss is None: return pose_learner(dls, student, metrics=metrics, cbs=cbs, lr=lr, **learner_kwargs)
     cb = DistillCallback(teacher, kd_loss, resize=resize)
-    wp = list(kd_loss.parameters())
-    if wp:
-        learner_kwargs['splitter'] = lambda m: [params(m), wp]
-        if weight_lr_mult is not None: lr = np.array([lr, lr * weight_lr_mult])
+    lr = _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs)
     learn = pose_learner(dls, student, metrics=([PCK()] if metrics is None else list(metrics)) + cb.metrics(),
                          cbs=[cb] + list(cbs or []), lr=lr, **learner_kwargs)
+    learn.distiller = cb
+    return learn
+
+# %% ../nbs/06_learner.ipynb #64fd1f58
+class Cohort(nn.Module):
+    "Students trained side by side on the same batches: `forward(x)` → `{name: heatmaps}`; `members` are the very models passed in."
+    def __init__(self, members:dict):
+        super().__init__()
+        self.members = nn.ModuleDict(members)
+    def forward(self, x): return {n: m(x) for n, m in self.members.items()}
+
+class PoseOnly(nn.Module):
+    "A cohort member's loss without KD: `pose_loss`, exactly as `pose_learner` trains it; records `pose`."
+    names = ('pose',)
+    def __init__(self): super().__init__(); self.last = {}
+    def forward(self, student, teacher, target, target_weight=None):
+        loss = pose_loss(student, target, target_weight)
+        self.last = dict(pose=loss.detach())
+        return loss
+
+def _column(k): return f'train_{k}' if k in ('pose', 'kd') else k
+
+class CohortLoss(nn.Module):
+    "A cohort's training loss: the sum of each member's loss (`losses`: name → loss module) on that member's heatmaps."
+    def __init__(self, losses:dict):
+        super().__init__()
+        self.losses = nn.ModuleDict(losses)
+    def forward(self, preds:dict, teacher, target, target_weight=None):
+        return sum(f(preds[n], teacher, target, target_weight) for n, f in self.losses.items())
+    @property
+    def names(self): return tuple(f'{n}_{_column(k)}' for n, f in self.losses.items() for k in f.names)
+    @property
+    def last(self): return {f'{n}_{_column(k)}': v for n, f in self.losses.items() for k, v in f.last.items()}
+
+class MemberLoss(Metric):
+    "The validation pose loss of one `member` of a cohort: its `valid_loss` had it trained alone."
+    def __init__(self, member): self.member = member
+    def reset(self): self.total, self.count = 0., 0
+    def accumulate(self, learn):
+        bs = learn.yb[0].shape[0]
+        self.total, self.count = self.total + float(pose_loss(learn.pred[self.member], *learn.yb)) * bs, self.count + bs
+    @property
+    def value(self): return self.total / self.count if self.count else None
+    @property
+    def name(self): return f'{self.member}_valid_loss'
+
+# %% ../nbs/06_learner.ipynb #ca222d2d
+def cohort_pose_loss(preds:dict, hm, tw):
+    "The summed pose loss of a cohort's predictions (its `valid_loss`)."
+    return sum(pose_loss(p, hm, tw) for p in preds.values())
+
+_MEMBER = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
+
+def distill_cohort(dls, teacher, members:dict, alpha=.5, T=1., thr=.5, weight_lr_mult=None, resize=True, detach=True, bound=True,
+                   faithful=False, dkd_weights=(1., 1., 1.), metrics=None, cbs=None, lr=1e-3, **learner_kwargs) -> Learner:
+    """One fastai `Learner` training every student of `members` — `{name: (student, kd)}`, `kd` one of `KD_KINDS` or a dict
+    `dict(kd=..., **settings)` whose settings (`alpha`, `T`, `thr`, `detach`, `bound`, `faithful`, `dkd_weights`) override this
+    call's for that member — on the same batches, with one forward pass of the frozen `teacher` per batch. Each member trains
+    exactly as `distill_learner(dls, student, teacher, kd, ...)` (or `pose_learner` for 'none') would train it alone."""
+    if teacher is None: raise ValueError("distill_cohort: a teacher is needed (members without KD just ignore it)")
+    if not members: raise ValueError("distill_cohort: no members")
+    common = dict(alpha=alpha, T=T, thr=thr, detach=detach, bound=bound, faithful=faithful, dkd_weights=dkd_weights)
+    students, losses, K = {}, {}, dls.train.dataset.spec.K
+    for name, (student, kd) in members.items():
+        if not isinstance(name, str) or not _MEMBER.fullmatch(name):
+            raise ValueError(f"distill_cohort: member name {name!r}: letters, digits, '_' and '-' only (it names files and columns)")
+        if any(student is s for s in students.values()) or student is teacher:
+            raise ValueError(f"distill_cohort: member {name!r} shares its model with another; each member trains a model of its own")
+        opts = dict(kd=kd) if kd is None or isinstance(kd, str) else dict(kd)
+        kind, bad = opts.pop('kd', None), set(opts) - set(common)
+        if bad: raise ValueError(f"distill_cohort: member {name!r}: unknown settings {sorted(bad)}; known: {', '.join(common)}")
+        students[name], losses[name] = student, make_kd_loss(kind, K, **{**common, **opts}) or PoseOnly()
+    kd_loss = CohortLoss(losses)
+    cb = DistillCallback(teacher, kd_loss, resize=resize)
+    lr = _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs)
+    per_member = [m for n in students for m in (PCK(member=n), MemberLoss(n))]
+    learn = Learner(dls, Cohort(students), loss_func=cohort_pose_loss, metrics=per_member + list(metrics or []) + cb.metrics(),
+                    cbs=[cb] + list(cbs or []), lr=lr, **learner_kwargs)
     learn.distiller = cb
     return learn
 

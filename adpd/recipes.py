@@ -14,16 +14,16 @@ from .core import atomic_write_text, n_params
 from .data import CocoKeypoints, MPIIKeypoints, pose_dls
 from .synthetic import make_synthetic_coco
 from .models import create_pose_model, load_pose_checkpoint, compare_speed, CheckpointError
-from .learner import pose_learner
+from .learner import pose_learner, KD_KINDS
 from .evaluate import coco_evaluate, mpii_evaluate, MPII_GROUPS
 from .run import *
 
 # %% auto #0
-__all__ = ['COCO_PRESETS', 'MPII_PRESETS', 'PRESETS', 'PAPER', 'BENCH', 'SHIPPED', 'WEIGHTS', 'QUICK', 'KD_KINDS', 'DEMO_COLS',
-           'SPEED', 'model_from_name', 'parse_size', 'RecipeConfig', 'recipe_config', 'coco_split', 'mpii_split',
+__all__ = ['COCO_PRESETS', 'MPII_PRESETS', 'PRESETS', 'PAPER', 'BENCH', 'SHIPPED', 'WEIGHTS', 'QUICK', 'DEMO_COLS', 'SPEED',
+           'model_from_name', 'parse_size', 'RecipeConfig', 'recipe_config', 'coco_split', 'mpii_split',
            'recipe_datasets', 'load_weights', 'recipe_teacher', 'run_recipe', 'bench_data', 'sha256', 'ship_weights',
-           'shipped_model', 'ShipConfig', 'ship_config', 'train_shipped', 'DemoConfig', 'StudentRun', 'student_run',
-           'plot_curves', 'kd_summary', 'demo_speed', 'run_demo']
+           'shipped_model', 'ShipConfig', 'ship_config', 'train_shipped', 'DemoConfig', 'DemoCohort', 'demo_cohort',
+           'mean_std', 'plot_curves', 'kd_summary', 'demo_speed', 'kd_pairs', 'paired_diffs', 'run_demo']
 
 # %% ../nbs/08a_recipes.ipynb #afe5b74f
 def model_from_name(name:str, num_joints:int=17) -> nn.Module:
@@ -254,8 +254,8 @@ def train_shipped(c:ShipConfig, rt:Runtime, data, weights_dir=WEIGHTS) -> dict:
 # %% ../nbs/08a_recipes.ipynb #5ae824b3
 @dataclasses.dataclass(frozen=True)
 class DemoConfig(KDConfig):
-    "The demo: the shipped student fine-tuned with each KD method of `kd` for every seed of `seeds`, from the shipped teacher."
-    kd: tuple = ('none', 'fpd', 'kl', 'adpd')
+    "The demo: for every seed of `seeds`, one cohort of the shipped student fine-tuned with each KD method of `kd`, from the shipped teacher."
+    kd: tuple = KD_KINDS
     seeds: tuple = (0, 1, 2)
     epochs: int = 2
     bs: int = 32
@@ -265,20 +265,19 @@ class DemoConfig(KDConfig):
     student: str = ''
 
 QUICK = DemoConfig(epochs=1, bs=8, seeds=(0, 1), n_images=16)
-KD_KINDS = ('none', 'fpd', 'kl', 'adpd')
 
 @dataclasses.dataclass(frozen=True)
-class StudentRun(FitConfig):
-    "One fine-tuning run of the demo (a KD method, a seed)."
+class DemoCohort(CohortConfig):
+    "One seed of the demo: the members (one per KD method) fine-tuned together from the shipped student."
     n_images: int = BENCH['n_images']
     teacher: str = ''
     student: str = ''
     schedule: str = 'onecycle'
 
-def student_run(c:DemoConfig, kd, seed) -> StudentRun:
-    "The run of `c` that fine-tunes with `kd` for `seed`."
-    return StudentRun(kd=kd, seed=seed, epochs=c.epochs, lr=c.lr, bs=c.bs, n_images=c.n_images, teacher=c.teacher, student=c.student,
-                      **c.kd_settings())
+def demo_cohort(c:DemoConfig, seed) -> DemoCohort:
+    "The cohort run of `c` for `seed`: one member per KD method, named by it."
+    return DemoCohort(members=tuple((kd, kd) for kd in c.kd), seed=seed, epochs=c.epochs, lr=c.lr, bs=c.bs, n_images=c.n_images,
+                      teacher=c.teacher, student=c.student, **c.kd_settings())
 
 # %% ../nbs/08a_recipes.ipynb #a9fab7c2
 def _table(rows, cols):
@@ -291,28 +290,30 @@ DEMO_COLS = [('run', 'name', '{}'), ('model', 'model', '{}'), ('params (M)', 'pa
              ('speed-up (b1 / b32)', 'speedup', '{}'), ('latency, ms/crop (b1 / b32)', 'latency', '{}'), ('AP', 'AP_s', '{}'),
              ('AP50', 'AP50_s', '{}'), ('PCK', 'pck_s', '{}'), ('seeds', 'n', '{}')]
 
-def _mean_std(xs, f='{:.3f}'):
+def mean_std(xs, f='{:.3f}'):
     "`mean ± std` (sample std) of the numbers in `xs`, the mean formatted by `f`, the std without a sign."
     xs = [x for x in xs if x is not None]
     if not xs: return ''
     return f.format(np.mean(xs)) + (' ± ' + f.replace('+', '').format(np.std(xs, ddof=1)) if len(xs) > 1 else '')
 
 def plot_curves(runs, fname):
-    "Per-epoch curves of `runs` (`{label: log.csv path}`): train pose loss, valid PCK, KD/pose gradient ratio, ADPD's weights; saved to `fname`."
+    """Per-epoch curves of `runs` (`{label: log.csv path}`, or `{label: (path, prefix)}` for a cohort member's columns `<prefix>pck`, ...):
+    train pose loss, valid PCK, KD/pose gradient ratio, ADPD's weights; saved to `fname`."""
     import matplotlib
     if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 4, figsize=(17, 3.6))
     for i, (label, f) in enumerate(runs.items()):
+        f, p = f if isinstance(f, tuple) else (f, '')
         rows = list(csv.DictReader(io.StringIO(Path(f).read_text())))
         ep = [int(r['epoch']) + 1 for r in rows]
-        get = lambda k: [float(r[k]) if r.get(k) not in (None, '', 'None') else float('nan') for r in rows]
-        c = f'C{i}'
-        axs[0].plot(ep, get('train_pose') if 'train_pose' in rows[0] else get('train_loss'), c=c, marker='.', label=label)
+        get = lambda k: [float(r[p + k]) if r.get(p + k) not in (None, '', 'None') else float('nan') for r in rows]
+        has, c = lambda k: p + k in rows[0], f'C{i}'
+        axs[0].plot(ep, get('train_pose') if has('train_pose') else get('train_loss'), c=c, marker='.', label=label)
         axs[1].plot(ep, get('pck'), c=c, marker='.', label=label)
-        if 'kd_grad' in rows[0]: axs[2].semilogy(ep, get('kd_grad'), c=c, marker='.', label=label)
+        if has('kd_grad'): axs[2].semilogy(ep, get('kd_grad'), c=c, marker='.', label=label)
         for n, ls in (('w_BiKD', '-'), ('w_KAD', '--'), ('w_NAD', ':')):
-            if n in rows[0]: axs[3].plot(ep, get(n), ls, c=c, marker='.', label=f'{label}: {n}')
+            if has(n): axs[3].plot(ep, get(n), ls, c=c, marker='.', label=f'{label}: {n}')
     for ax, t in zip(axs, ('train pose loss (MSE)', 'valid PCK@0.5', 'KD / pose gradient on the student', 'ADPD weights (epoch means)')):
         ax.set_title(t); ax.set_xlabel('epoch'); ax.grid(alpha=.3)
     axs[0].legend(fontsize=8); axs[3].legend(fontsize=7)
@@ -323,10 +324,10 @@ def plot_curves(runs, fname):
 
 _KD_COLS = ('train_kd', 'kd_grad', 'w_BiKD', 'w_KAD', 'w_NAD')
 
-def kd_summary(logs) -> str:
-    "What the ADPD runs' `logs` (log.csv files) recorded: the range of the epoch-mean weights, of the KD loss and of `kd_grad`."
+def kd_summary(logs, prefix='') -> str:
+    "What the ADPD runs' `logs` (log.csv files; `prefix`: a cohort member's) recorded: the range of the epoch-mean weights, KD loss and `kd_grad`."
     rows = [r for f in logs if Path(f).is_file() for r in csv.DictReader(io.StringIO(Path(f).read_text()))]
-    get = lambda *ks: [float(r[k]) for r in rows for k in ks if r.get(k) not in (None, '', 'None', 'nan')]
+    get = lambda *ks: [float(r[prefix + k]) for r in rows for k in ks if r.get(prefix + k) not in (None, '', 'None', 'nan')]
     w, kd, g = get('w_BiKD', 'w_KAD', 'w_NAD'), get('train_kd'), get('kd_grad')
     if not (w and kd): return ''
     return (f"weights {min(w):.3g}–{max(w):.3g}, KD loss {min(kd):.3g}–{max(kd):.3g}"
@@ -341,6 +342,18 @@ def demo_speed(teacher, student, input_size) -> dict:
     return {r['name']: r for r in rows}
 
 # %% ../nbs/08a_recipes.ipynb #ef340d9e
+def _label(kd): return 'no KD' if kd == 'none' else kd.upper()
+
+def kd_pairs(kinds) -> list:
+    "The comparisons that matter among the KD methods `kinds`: each KD against no KD, and ADPD against DKD (what adaptivity buys)."
+    return [(k, 'none') for k in kinds if k != 'none' and 'none' in kinds] + ([('adpd', 'dkd')] if {'adpd', 'dkd'} <= set(kinds) else [])
+
+def paired_diffs(rows, pairs, key='AP') -> dict:
+    "`{(x, y): [row[key] of x − row[key] of y, per seed]}` over `rows` (dicts with `kd`, `seed`, `key`), paired on the seed."
+    by = {(r['kd'], r['seed']): r.get(key) for r in rows}
+    return {(x, y): [by[x, s] - by[y, s] for (k, s) in by if k == x and (y, s) in by and by[x, s] is not None and by[y, s] is not None]
+            for x, y in pairs}
+
 def _demo_report(c:DemoConfig, out, per_seed, scores, speed, models, logs, runs, data, wall):
     "Print and write the demo's table (`results.md`), `results.csv` and `curves.png`."
     (teacher, base), (tres, bres), (tr, va) = models, scores, data
@@ -357,15 +370,12 @@ def _demo_report(c:DemoConfig, out, per_seed, scores, speed, models, logs, runs,
         rs = [r for r in per_seed if r['kd'] == kd]
         rows.append(dict(name=rs[0]['name'], model=sname, params_m=rs[0]['params'] / 1e6, epochs=f'{se} + {c.epochs}',
                          speedup=sp('student'), latency=lat('student'),
-                         AP_s=_mean_std([r.get('AP') for r in rs]), AP50_s=_mean_std([r.get('AP50') for r in rs]),
-                         pck_s=_mean_std([r['pck'] for r in rs]), n=len(rs)))
-    diffs = []
-    for x, y in (('adpd', 'none'), ('adpd', 'fpd'), ('adpd', 'kl'), ('fpd', 'none'), ('kl', 'none')):
-        if x in c.kd and y in c.kd:
-            d = [p['AP'] - q['AP'] for p in per_seed for q in per_seed if p['kd'] == x and q['kd'] == y and p['seed'] == q['seed']]
-            diffs.append(f"{x.upper()} − {'no KD' if y == 'none' else y.upper()}: AP {_mean_std(d, '{:+.3f}')} (paired over {len(d)} seeds)")
+                         AP_s=mean_std([r.get('AP') for r in rs]), AP50_s=mean_std([r.get('AP50') for r in rs]),
+                         pck_s=mean_std([r['pck'] for r in rs]), n=len(rs)))
+    diffs = [f"{_label(x)} − {_label(y)}: AP {mean_std(d, '{:+.3f}')} (paired over {len(d)} seeds)"
+             for (x, y), d in paired_diffs(per_seed, kd_pairs(c.kd)).items()]
     table = _table(rows, DEMO_COLS)
-    kd_note = kd_summary([f / 'log.csv' for f in runs if f.name == 'student-adpd'])
+    kd_note = kd_summary(runs, 'adpd_')
     note = (f"\n\nmean ± std over seeds {', '.join(map(str, c.seeds))} (same init: the shipped student; same batches per seed); "
             f"paired differences: " + '; '.join(diffs) + f".\nbenchmark: synthetic COCO ({BENCH['level']}), {len(tr)} training / "
             f"{len(va)} validation people, input {BENCH['image_size']}, COCO AP with flip test; latency: eager PyTorch on the CPU, ms per "
@@ -380,13 +390,13 @@ def _demo_report(c:DemoConfig, out, per_seed, scores, speed, models, logs, runs,
     wr.writerow(dict(bres, name='student (shipped)', kd='', seed='', model=sname, params=n_params(base))); wr.writerows(per_seed)
     atomic_write_text(out / 'results.csv', buf.getvalue())
     atomic_write_text(out / 'results.md', table + note)
-    if all(f.is_file() for f in logs.values()): plot_curves(logs, out / 'curves.png')
+    if all(f.is_file() for f, _ in logs.values()): plot_curves(logs, out / 'curves.png')
     print('\n' + table + note.rstrip(), flush=True)
     print(f"written: {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}", flush=True)
 
 # %% ../nbs/08a_recipes.ipynb #4a2489b2
 def run_demo(c:DemoConfig, rt:Runtime, data_root='~/.cache/adpd/synthetic', weights_dir=WEIGHTS) -> list:
-    "The `demo` command: the shipped teacher, then the shipped student fine-tuned with each KD of `c.kd` over `c.seeds`; one row per run."
+    "The `demo` command: the shipped teacher, then for each seed of `c.seeds` one cohort of the shipped student fine-tuned with each KD of `c.kd`; one row per member and seed."
     t0, out = time.time(), Path(rt.out).expanduser()
     bad = [k for k in c.kd if k not in KD_KINDS]
     if bad: raise TrainError(f"--kd {','.join(c.kd)}: unknown {bad}; choose from {', '.join(KD_KINDS)}")
@@ -406,21 +416,25 @@ def run_demo(c:DemoConfig, rt:Runtime, data_root='~/.cache/adpd/synthetic', weig
     speed = demo_speed(teacher, base, parse_size(BENCH['image_size']))
     say(f"teacher {teacher.shipped['model']}: AP {scores[0]['AP']:.3f}; student as shipped: AP {scores[1]['AP']:.3f} "
         f"({time.time() - t:.1f}s, with the speed measurement)")
-    init = base.state_dict()
-    def make_student():
-        m = model_from_name(base.shipped['model']); m.load_state_dict(init); return m
+    init, arch = base.state_dict(), base.shipped['model']
+    def make_students():
+        "One copy of the shipped student per member."
+        ms = {kd: model_from_name(arch) for kd in c.kd}
+        for m in ms.values(): m.load_state_dict(init)
+        return ms
     per_seed, logs, runs = [], {}, []
     for seed in c.seeds:
-        for kd in c.kd:
+        run = out / f'seed{seed}'
+        r = train_cohort(demo_cohort(c, seed), run, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
+                         make_students, teacher, evaluate=evaluate, name=f'cohort (seed {seed})', part=True,
+                         card=dict(model=arch, image_size=BENCH['image_size']))
+        if r['stopped']: return per_seed
+        last = (r['history'] or [{}])[-1]
+        for kd, m in r['members'].items():
             label = 'student, no KD' if kd == 'none' else f'student + {kd.upper()}'
-            run = out / f'seed{seed}' / f'student-{kd}'
-            r = train_one(student_run(c, kd, seed), run, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
-                          make_student, teacher, evaluate=evaluate, name=f'{label} (seed {seed})', part=True)
-            if r['stopped']: return per_seed
-            last = (r['history'] or [{}])[-1]
-            per_seed.append(dict(r.get('metrics', {}), name=label, kd=kd, seed=seed, pck=last.get('pck'), train_time=r['train_time'],
-                                 model=base.shipped['model'], params=r['params'], **{k: v for k, v in last.items() if k in _KD_COLS}))
-            runs.append(run)
-            if seed == c.seeds[0]: logs[label] = run / 'log.csv'
+            per_seed.append(dict(m.get('metrics', {}), name=label, kd=kd, seed=seed, pck=last.get(f'{kd}_pck'), train_time=r['train_time'],
+                                 model=arch, params=m['params'], **{k: last.get(f'{kd}_{k}') for k in _KD_COLS if f'{kd}_{k}' in last}))
+            if seed == c.seeds[0]: logs[label] = (run / 'log.csv', f'{kd}_')
+        runs.append(run / 'log.csv')
     if rank_distrib() == 0: _demo_report(c, out, per_seed, scores, speed, (teacher, base), logs, runs, (tr, va), time.time() - t0)
     return per_seed

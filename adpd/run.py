@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_run.ipynb #d233c51e
 from __future__ import annotations
-import contextlib, dataclasses, errno, json, os, random, re, time, warnings
+import contextlib, dataclasses, errno, json, math, os, random, re, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,14 +19,15 @@ from fastai.optimizer import Adam
 from fastai.torch_core import set_seed, rank_distrib, num_distrib
 from fastai.distributed import DistributedDL
 from .core import atomic_write, atomic_write_text, unwrap, n_params
-from .learner import distill_learner, with_eval, DistillCallback
+from .learner import distill_learner, distill_cohort, with_eval, DistillCallback
 from .models import read_checkpoint, CheckpointError
 
 # %% auto #0
 __all__ = ['TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'check_finite', 'rng_state',
-           'set_rng_state', 'RunConfig', 'KDConfig', 'FitConfig', 'Runtime', 'check_resume', 'open_run', 'StepLR',
-           'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint',
-           'RunLog', 'FiniteLossGuard', 'fit_run', 'digest', 'read_results', 'train_one']
+           'set_rng_state', 'RunConfig', 'KDConfig', 'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'open_run',
+           'StepLR', 'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier',
+           'RunCheckpoint', 'RunLog', 'FiniteLossGuard', 'fit_run', 'digest', 'read_results', 'train_one', 'MemberBest',
+           'train_cohort']
 
 # %% ../nbs/08_run.ipynb #97b5e0c3
 class TrainError(Exception):
@@ -128,6 +129,7 @@ class KDConfig(RunConfig):
     detach: bool = True
     bound: bool = True
     faithful: bool = False
+    dkd_weights: tuple = (1., 1., 1.)   # DKD's fixed BiKD, KAD, NAD weights
     precision: str = 'fp32'
 
     def kd_settings(self) -> dict: return {f.name: getattr(self, f.name) for f in dataclasses.fields(KDConfig)}
@@ -135,7 +137,7 @@ class KDConfig(RunConfig):
 @dataclasses.dataclass(frozen=True)
 class FitConfig(KDConfig):
     "What one training run computes: everything `train_one` reads."
-    kd: str = 'none'            # none, fpd, kl or adpd
+    kd: str = 'none'            # none, fpd, kl, dkd or adpd
     epochs: int = 1
     lr: float = 1e-3
     schedule: str = 'step'      # step: × lr_factor at each of lr_steps; onecycle: fastai's one-cycle
@@ -143,6 +145,12 @@ class FitConfig(KDConfig):
     lr_factor: float = .1
     bs: int = 32
     seed: int = 0
+
+@dataclasses.dataclass(frozen=True)
+class CohortConfig(FitConfig):
+    "A cohort run: the students `members` — `((name, kd), ...)`, `kd` a KD kind or a dict of its settings — trained together on one schedule."
+    kd: str = 'cohort'
+    members: tuple = ()
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
@@ -274,11 +282,11 @@ def _stateful(learn, but=None) -> dict:
 
 # %% ../nbs/08_run.ipynb #78bc8454
 class RunCheckpoint(TrackerCallback):
-    "Write the run's whole state atomically to `run_dir/checkpoint.pth` after every epoch (rank 0), `best.pth` when `monitor` improves."
+    "Write the run's whole state atomically to `run_dir/checkpoint.pth` after every epoch (rank 0), `best.pth` when `monitor` improves (`save_best`)."
     order = TrackerCallback.order + 1           # after the Recorder (50) has the epoch's metrics
-    def __init__(self, run_dir, config:RunConfig, monitor='valid_loss', comp=None, stop_after=None):
+    def __init__(self, run_dir, config:RunConfig, monitor='valid_loss', comp=None, stop_after=None, save_best=True):
         super().__init__(monitor=monitor, comp=comp, reset_on_fit=False)
-        self.run_dir, self.config, self.stop_after = Path(run_dir), config, stop_after
+        self.run_dir, self.config, self.stop_after, self.save_best = Path(run_dir), config, stop_after, save_best
         self.start, self.pending, self.history, self.best_epoch, self.elapsed0, self.stopped = 0, None, [], None, 0., False
 
     @property
@@ -341,7 +349,7 @@ class RunCheckpoint(TrackerCallback):
         state = self.state_dict()
         check_finite(state['model'], self.run_dir / 'checkpoint.pth')
         if rank_distrib() == 0:
-            if self.new_best: atomic_save(state['model'], self.run_dir / 'best.pth')
+            if self.new_best and self.save_best: atomic_save(state['model'], self.run_dir / 'best.pth')
             atomic_save(state, self.run_dir / 'checkpoint.pth')
         if self.stop_after and self.epoch + 1 >= self.stop_after and self.epoch + 1 < self.n_epoch:
             self.stopped = True
@@ -379,7 +387,7 @@ class FiniteLossGuard(Callback):
             raise TrainError(f"non-finite training loss on another process in epoch {self.epoch + 1}/{self.n_epoch}, batch "
                              f"{self.iter + 1}/{self.n_iter} (its own message names the term); stopped before this batch's update")
         raise TrainError(f"non-finite training loss ({float(loss):.4g}) in epoch {self.epoch + 1}/{self.n_epoch}, batch {self.iter + 1}/"
-                         f"{self.n_iter}: " + ', '.join(f"{_TERMS.get(k, k)} ({k}) is {float(v):.4g}" for k, v in   # the culprits first
+                         f"{self.n_iter}: " + ', '.join(f"{_TERMS.get(k.rpartition('_train_')[2] if '_train_' in k else k, k)} ({k}) is {float(v):.4g}" for k, v in   # the culprits first
                                                    sorted(self.terms().items(), key=lambda kv: bool(torch.isfinite(kv[1]).all())))
                          + "; stopped before this batch's update: the files written before are unchanged (lower --lr, check the "
                          "teacher's weights and the data, or train in fp32)")
@@ -388,7 +396,7 @@ class FiniteLossGuard(Callback):
         "The terms the training loss is made of: those the KD loss recorded (ground-truth MSE `pose`, `kd`), else the loss itself."
         d = getattr(self.learn, 'distiller', None)
         last = getattr(getattr(d, 'kd_loss', None), 'last', {}) if d in self.learn.cbs else {}
-        got = {k: last[k] for k in ('pose', 'kd') if k in last}
+        got = {k: v for k, v in last.items() if k in ('pose', 'kd') or k.endswith(('_train_pose', '_train_kd'))}   # a cohort's per member
         return got or dict(pose=self.learn.loss_grad)
 
 _TERMS = dict(pose='the ground-truth MSE term', kd='the KD term')
@@ -403,12 +411,12 @@ def _resume_state(path):
         raise TrainError(f"{e}; cannot resume from it. The run's other files ({others}) are untouched: restore {path.name}, or delete "
                          f"it and run without --resume to start again from epoch 0") from None
 
-def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, monitor='valid_loss', comp=None, cbs=()) -> RunCheckpoint:
+def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, monitor='valid_loss', comp=None, cbs=(), save_best=True) -> RunCheckpoint:
     "Fit `learn` as the run `config` in `run_dir` (CSV log, checkpoint every epoch), continuing `resume_from` exactly; the `RunCheckpoint`."
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_tmp(run_dir)
-    ck, log = RunCheckpoint(run_dir, config, monitor, comp, stop_after), RunLog(run_dir / 'log.csv')
+    ck, log = RunCheckpoint(run_dir, config, monitor, comp, stop_after, save_best), RunLog(run_dir / 'log.csv')
     cbs = [ck, schedule_cb(config.schedule, learn.lr, config.lr_steps, config.lr_factor), FiniteLossGuard(), *cbs] + ([log] if rank_distrib() == 0 else [])
     with learn.added_cbs(cbs):                   # every callback of the run is there when its state is loaded
         if resume_from is not None: ck.load_state_dict(_resume_state(resume_from))
@@ -456,36 +464,61 @@ def _read_final(run_dir, make_student, done):
     except RuntimeError as e: raise TrainError(f"{f}: does not fit the run's model ({str(e).strip().splitlines()[0][:200]}); {redo}") from None
     return model
 
+def _claim(c, run_dir, rt, part):
+    "Claim `run_dir` for the run `c`: `(checkpoint to resume from, results.json, its results if the run finished before, else None)`."
+    resume_from = open_run(run_dir, c, rt.resume, part)
+    barrier()
+    done = run_dir / 'results.json'
+    finished = rt.resume and done.is_file() and resume_from is not None
+    return resume_from, done, read_results(done) if finished else None
+
+def _fit(learn, c, rt, run_dir, resume_from, during, eval_every, eval_names, cbs=(), save_best=True):
+    "Precision, evaluation during training, logging, then `fit_run`: the `RunCheckpoint` and the monitored column."
+    if c.precision == 'fp16': learn.to_fp16()
+    elif c.precision == 'bf16': learn.to_bf16()
+    if during is not None and eval_every: with_eval(learn, during, eval_names, eval_every)
+    monitor = eval_names[0] if during is not None and eval_every else 'valid_loss'
+    if not rt.bar: learn.logger = _epoch_line(learn)
+    set_seed(c.seed)
+    with (contextlib.nullcontext() if rt.bar else learn.no_bar()):
+        return fit_run(learn, run_dir, c, resume_from, rt.stop_after, monitor, cbs=cbs, save_best=save_best), monitor
+
+def _save_final(model, run_dir, evaluate, res):
+    "Write `model` as `run_dir/final.pth` (refusing non-finite weights) and add `evaluate(model)` to `res` (rank 0)."
+    check_finite(model.state_dict(), run_dir / 'final.pth')
+    atomic_save(model.state_dict(), run_dir / 'final.pth')
+    if evaluate is not None:
+        t = time.time()
+        res['metrics'] = evaluate(model)
+        res['eval_time'] = round(time.time() - t, 1)
+    return res
+
+def _write_results(done, res):
+    "Write `results.json` on rank 0; every rank returns rank 0's results."
+    if rank_distrib() == 0: guarded_write(done, lambda: atomic_write_text(done, json.dumps(res, indent=1)))
+    barrier()
+    return res if rank_distrib() == 0 else json.loads(done.read_text())
+
 def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, teacher=None, evaluate=None, during=None, eval_every=0,
               eval_names=('AP', 'AP50'), name='', part=False) -> dict:
     """Train (or resume, or read back) the run `config` in `run_dir`; its results dict (metrics, time, params, stopped, model).
     `evaluate(model) -> dict` scores the final model; `during` (default: `evaluate`) every `eval_every` epochs, `eval_names` as columns;
     `part`: the run is one stage of a command (see `open_run`)."""
     c, run_dir = config, Path(run_dir).expanduser().absolute()
-    resume_from = open_run(run_dir, c, rt.resume, part)
-    barrier()
-    done = run_dir / 'results.json'
-    if rt.resume and done.is_file() and resume_from is not None:
-        res = read_results(done)
-        model = _read_final(run_dir, make_student, done)
+    resume_from, done, res = _claim(c, run_dir, rt, part)
+    if res is not None:
         say(f"{name}: finished before, results read from {done}")
-        return dict(res, model=model)
+        return dict(res, model=_read_final(run_dir, make_student, done))
     set_seed(c.seed)
     dls, student = make_dls(), make_student()
     init = digest(student.state_dict().values())
     kd = None if c.kd == 'none' else c.kd
     learn = distill_learner(dls, student, teacher, kd=kd, alpha=c.alpha, T=c.T, thr=c.thr, weight_lr_mult=c.weight_lr and c.weight_lr / c.lr,
-                            detach=c.detach, bound=c.bound, faithful=c.faithful, opt_func=paper_adam, lr=c.lr, path=run_dir, model_dir='.')
+                            detach=c.detach, bound=c.bound, faithful=c.faithful, dkd_weights=c.dkd_weights, opt_func=paper_adam, lr=c.lr,
+                            path=run_dir, model_dir='.')
     w0 = digest(learn.distiller.kd_loss.parameters()) if kd else None
-    if c.precision == 'fp16': learn.to_fp16()
-    elif c.precision == 'bf16': learn.to_bf16()
-    during = during or evaluate
-    if during is not None and eval_every: with_eval(learn, during, eval_names, eval_every)
-    monitor = eval_names[0] if during is not None and eval_every else 'valid_loss'
     say(f"{name}: {n_params(student) / 1e6:.2f}M parameters, {len(dls.train.dataset)} training samples, {c.epochs} epochs, kd={c.kd} → {run_dir}")
-    if not rt.bar: learn.logger = _epoch_line(learn)
-    set_seed(c.seed)
-    with (contextlib.nullcontext() if rt.bar else learn.no_bar()): ck = fit_run(learn, run_dir, c, resume_from, rt.stop_after, monitor)
+    ck, monitor = _fit(learn, c, rt, run_dir, resume_from, during or evaluate, eval_every, eval_names)
     model = unwrap(learn.model)
     res = dict(name=name, params=n_params(model), init_digest=init, epochs=c.epochs, kd=c.kd, train_time=round(ck.elapsed, 1),
                best=ck.best if ck.best_epoch is not None else None, best_epoch=ck.best_epoch, monitor=monitor, history=ck.history, stopped=ck.stopped)
@@ -496,14 +529,73 @@ def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, tea
         wp = list(learn.distiller.kd_loss.parameters()) if kd else []
         print(f"rank {rank_distrib()}/{num_distrib()}: {name} student {digest(model.parameters())} weight net "
               + (f"{digest(wp)} (initially {w0})" if wp else '-'), flush=True)
+    if rank_distrib() == 0: _save_final(model, run_dir, evaluate, res)
+    return dict(_write_results(done, res), model=model, learn=learn)
+
+# %% ../nbs/08_run.ipynb #75293f3f
+class MemberBest(Callback):
+    "In a cohort run, write each member's `run_dir/<name>/best.pth` (a standalone student) when its own `<name>_<monitor>` improves."
+    order = TrackerCallback.order          # after the Recorder (50) has the epoch's values, before `RunCheckpoint` saves this state
+    def __init__(self, run_dir, monitor='valid_loss'):
+        self.run_dir, self.monitor, self.comp = Path(run_dir), monitor, np.less if 'loss' in monitor else np.greater
+        self.best, self.best_epoch, self.next = {}, {}, 0
+
+    def after_epoch(self):
+        if not self.run or self.epoch < self.next: return          # an epoch that a resumed run skips
+        vals = dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))
+        for n, m in unwrap(self.model).members.items():
+            v = vals.get(f'{n}_{self.monitor}')
+            if v is None or not math.isfinite(v) or (n in self.best and not self.comp(v, self.best[n])): continue
+            self.best[n], self.best_epoch[n] = float(v), self.epoch
+            if rank_distrib() == 0:
+                sd, f = m.state_dict(), self.run_dir / n / 'best.pth'
+                check_finite(sd, f)
+                atomic_save(sd, f)
+        self.next = self.epoch + 1
+
+    def state_dict(self) -> dict: return dict(best=self.best, best_epoch=self.best_epoch, next=self.next)
+    def load_state_dict(self, sd:dict): self.best, self.best_epoch, self.next = dict(sd['best']), dict(sd['best_epoch']), sd['next']
+
+# %% ../nbs/08_run.ipynb #3a9a41e1
+def _member_evaluator(fn):
+    "`fn(model) -> dict` for each member of a cohort, the keys prefixed with the member's name."
+    return None if fn is None else lambda cohort: {f'{n}_{k}': v for n, m in cohort.members.items() for k, v in fn(m).items()}
+
+def train_cohort(config:CohortConfig, run_dir, rt:Runtime, make_dls, make_students, teacher, evaluate=None, during=None, eval_every=0,
+                 eval_names=('AP', 'AP50'), name='', part=False, card=None) -> dict:
+    """Train (or resume, or read back) the cohort run `config` in `run_dir`: `make_students() -> {name: model}` for the members of
+    `config.members`, distilled from `teacher` together. Each member is saved in `run_dir/<name>/` (best.pth, final.pth and a
+    `config.json` of `card` — e.g. `dict(model=..., image_size=...)` — with its KD). Results: `members` maps each name to its own
+    (metrics by `evaluate`, best, params, model); the rest as `train_one`'s."""
+    c, run_dir = config, Path(run_dir).expanduser().absolute()
+    kinds = dict(c.members)
+    resume_from, done, res = _claim(c, run_dir, rt, part)
+    if res is not None:
+        say(f"{name}: finished before, results read from {done}")
+        models = make_students()
+        for n, m in models.items(): res['members'][n]['model'] = _read_final(run_dir / n, lambda: m, done)
+        return res
+    set_seed(c.seed)
+    dls, students = make_dls(), make_students()
+    if set(students) != set(kinds): raise TrainError(f"{name}: the students {sorted(students)} are not the members {sorted(kinds)}")
+    learn = distill_cohort(dls, teacher, {n: (students[n], kinds[n]) for n in kinds}, alpha=c.alpha, T=c.T, thr=c.thr,
+                           weight_lr_mult=c.weight_lr and c.weight_lr / c.lr, detach=c.detach, bound=c.bound, faithful=c.faithful,
+                           dkd_weights=c.dkd_weights, opt_func=paper_adam, lr=c.lr, path=run_dir, model_dir='.')
     if rank_distrib() == 0:
-        check_finite(model.state_dict(), run_dir / 'final.pth')
-        atomic_save(model.state_dict(), run_dir / 'final.pth')
-        if evaluate is not None:
-            t = time.time()
-            res['metrics'] = evaluate(model)
-            res['eval_time'] = round(time.time() - t, 1)
-        guarded_write(done, lambda: atomic_write_text(done, json.dumps(res, indent=1)))
-    barrier()
-    if rank_distrib() != 0: res = json.loads(done.read_text())
-    return dict(res, model=model, learn=learn)
+        for n, kd in kinds.items():
+            atomic_write_text(run_dir / n / 'config.json', json.dumps(dict(card or {}, member=n, kd=kd, cohort=str(run_dir)), indent=1))
+    say(f"{name}: {len(kinds)} students ({', '.join(kinds)}), {len(dls.train.dataset)} training samples, {c.epochs} epochs → {run_dir}")
+    names = tuple(f'{n}_{k}' for n in kinds for k in eval_names)
+    best = MemberBest(run_dir, eval_names[0] if (during or evaluate) is not None and eval_every else 'valid_loss')
+    ck, monitor = _fit(learn, c, rt, run_dir, resume_from, _member_evaluator(during or evaluate), eval_every, names, cbs=[best], save_best=False)
+    res = dict(name=name, params=sum(n_params(m) for m in students.values()), epochs=c.epochs, kd=c.kd, train_time=round(ck.elapsed, 1),
+               monitor=best.monitor, history=ck.history, stopped=ck.stopped,
+               members={n: dict(kd=kinds[n], params=n_params(m), best=best.best.get(n), best_epoch=best.best_epoch.get(n)) for n, m in students.items()})
+    if ck.stopped:
+        say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
+        return dict(res, learn=learn)
+    if rank_distrib() == 0:
+        for n, m in students.items(): _save_final(m, run_dir / n, evaluate, res['members'][n])
+    res = _write_results(done, res)
+    for n, m in students.items(): res['members'][n]['model'] = m
+    return dict(res, learn=learn)

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastcore.imports import in_ipython
 
 # %% auto #0
-__all__ = ['POS_INT', 'NONNEG_INT', 'POS', 'UNIT', 'OPEN_UNIT', 'make_parser', 'config_from_args', 'main']
+__all__ = ['POS_INT', 'NONNEG_INT', 'POS', 'UNIT', 'OPEN_UNIT', 'KD_KINDS', 'make_parser', 'config_from_args', 'main']
 
 # %% ../nbs/09_train.ipynb #f71190b6
 def _num(kind, ok, what):
@@ -36,11 +36,21 @@ def _size(s):
         raise argparse.ArgumentTypeError(f"{s!r}: write HxW, both positive multiples of 4 (heatmaps are 1/4 of the input), e.g. 256x192")
     return s
 
+KD_KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')   # as adpd.learner's (a test checks): torch is not loaded to parse flags
+
+def _weights3(s):
+    "'1,1,1' → (1., 1., 1.): DKD's fixed BiKD, KAD, NAD weights, finite and ≥ 0."
+    try: w = tuple(float(x) for x in str(s).split(','))
+    except ValueError: w = ()
+    if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w):
+        raise argparse.ArgumentTypeError(f"{s!r}: three comma-separated numbers ≥ 0 (BiKD,KAD,NAD), e.g. 1,1,1")
+    return w
+
 def _kds(s):
     "'none,adpd' → ('none', 'adpd')."
     kds = tuple(k.strip() for k in str(s).split(',') if k.strip())
-    bad = [k for k in kds if k not in ('none', 'fpd', 'kl', 'adpd')]
-    if bad or not kds: raise argparse.ArgumentTypeError(f"{s!r}: unknown {bad}; choose from none, fpd, kl, adpd")
+    bad = [k for k in kds if k not in KD_KINDS]
+    if bad or not kds: raise argparse.ArgumentTypeError(f"{s!r}: unknown {bad}; choose from {', '.join(KD_KINDS)}")
     return kds
 
 def _common(p):
@@ -65,6 +75,8 @@ def _common(p):
     k.add_argument('--bound', action=argparse.BooleanOptionalAction, default=True,
                    help='ADPD: weights normalised to mean 1 per sample, learnt from relative terms, constant for the student '
                         '(default); --no-bound: the literal objective, w = exp(z), which diverges at T=1 (see 04_losses)')
+    k.add_argument('--dkd-weights', type=_weights3, default=(1., 1., 1.), metavar='B,K,N',
+                   help='DKD (decoupled KD, fixed weights): the weights of BiKD, KAD and NAD (default 1,1,1)')
     k.add_argument('--faithful', action='store_true', help='ADPD exactly as published: zero init of both linear layers, no '
                    'nonlinearity, no detach, unbounded weights (diverges at T=1; see 04_losses)')
     return p
@@ -81,7 +93,7 @@ def _recipe_parser(sub, name, presets, paper, layout):
     p.add_argument('--teacher-weights', metavar='PATH', help='trained teacher checkpoint (official HRNet, mmpose or adpd)')
     p.add_argument('--student', help='student architecture: hrnet_w32, resnet_50, mobilenet_v2, timm:<name>, fpn:<name>, tiny[-wN], [-dN]...')
     p.add_argument('--student-weights', metavar='PATH', help='initialise the student from a checkpoint')
-    p.add_argument('--kd', choices=('adpd', 'fpd', 'kl', 'none'), default=paper.kd)
+    p.add_argument('--kd', choices=KD_KINDS, default=paper.kd)
     p.add_argument('--epochs', type=POS_INT, default=paper.epochs)
     p.add_argument('--lr', type=POS, default=paper.lr)
     p.add_argument('--lr-steps', type=_ints, default=paper.lr_steps, help='epochs at which the LR is multiplied by --lr-factor')
@@ -106,8 +118,9 @@ def make_parser():
     p = argparse.ArgumentParser(prog='adpd_train', description='Adaptive Decoupled Pose Knowledge Distillation: train and distil pose models.')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{demo,coco,mpii}')
     D = DemoConfig()
-    d = sub.add_parser('demo', help='the shipped teacher and student on the embedded synthetic benchmark: no KD, FPD, KL, ADPD over seeds (CPU minutes)',
-                       description='Fine-tune the shipped student from the same initialisation without KD and with FPD, KL and ADPD '
+    d = sub.add_parser('demo', help='the shipped teacher and student on the embedded synthetic benchmark: no KD, FPD, KL, DKD, ADPD as one cohort per seed (CPU minutes)',
+                       description='Fine-tune the shipped student from the same initialisation without KD and with FPD, KL, DKD and ADPD, '
+                                   'all on the same batches as one cohort (one teacher forward pass per batch), '
                                    'from the shipped teacher, over several seeds, on synthetic COCO-format people (level easy); '
                                    'print and save a table (COCO AP, mean ± std) and the training curves. --train-teacher / '
                                    '--train-student regenerate the shipped weights.')
@@ -117,7 +130,7 @@ def make_parser():
     d.add_argument('--epochs', type=POS_INT, help=f"fine-tuning epochs of each student run (default {D.epochs})")
     d.add_argument('--bs', type=POS_INT, help=f"batch size (default {D.bs})")
     d.add_argument('--lr', type=POS, help=f"peak learning rate of the fine-tuning (default {D.lr})")
-    d.add_argument('--kd', type=_kds, help=f"comma-separated student runs among none, fpd, kl, adpd (default {','.join(D.kd)})")
+    d.add_argument('--kd', type=_kds, help=f"comma-separated cohort members among {', '.join(KD_KINDS)} (default {','.join(D.kd)})")
     d.add_argument('--seeds', type=_ints, help=f"comma-separated seeds (default {','.join(map(str, D.seeds))})")
     d.add_argument('--train-teacher', action='store_true', help=f"train the shipped teacher ({SHIPPED['teacher']['model']}) from scratch "
                    "and write it to --weights-dir (hours on a CPU, minutes on a GPU)")

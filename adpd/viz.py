@@ -167,7 +167,11 @@ def _one_sample(x, name, fn='decoupling_data'):
     return x.float().cpu()
 
 def _weights(weight_net, s, t, terms):
-    "The `(3,)` weights of one sample from a `WeightNet` or an `ADPDLoss` (its bounded weights), in eval mode, without gradients."
+    """The `(3,)` weights of one sample from a `WeightNet` or an `ADPDLoss` (its bounded weights), in eval mode, without gradients;
+    DKD's fixed weights (a `DKDLoss`, or three numbers) as they are."""
+    fixed = getattr(weight_net, 'weights', weight_net)
+    if isinstance(fixed, (tuple, list, np.ndarray)) or (torch.is_tensor(fixed) and not isinstance(weight_net, torch.nn.Module)):
+        return torch.as_tensor(np.asarray(fixed, dtype=np.float32).reshape(3))
     dev = next(weight_net.parameters()).device
     f = getattr(weight_net, 'weights', weight_net)
     with eval_mode(weight_net), torch.no_grad(): w = f(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
@@ -187,7 +191,8 @@ def decoupling_data(student, teacher, target, joint:int=0, T=1., thr=.5, target_
                 area=a(dd['area']), mass_t=a(dd['mass_t']), mass_s=a(dd['mass_s']), in_t=a(dd['in_t']), in_s=a(dd['in_s']),
                 out_t=a(dd['out_t']), out_s=a(dd['out_s']), terms={n: float(terms[n][0, k]) for n in TERMS},
                 means={n: float(joint_mean(terms[n], tw)[0]) for n in TERMS},
-                weights=None if w is None else dict(zip(TERMS, map(float, w))))
+                weights=None if w is None else dict(zip(TERMS, map(float, w))),
+                adaptive=weight_net is not None and any(True for _ in getattr(weight_net, 'parameters', lambda: ())()))
 
 # %% ../nbs/07_viz.ipynb #4d69fb05
 def _outline(ax, d, extent=None):
@@ -280,7 +285,7 @@ def draw_decoupling(fig, d:dict, img=None, spec:KeypointSpec=COCO17, view='teach
         ax.axhline(1, color='k', lw=.5, ls=':')
         if max(w.values()) > 10 * min(w.values()): ax.set_yscale('log')       # weights drift towards 1 / term
         ax.set_xticks(range(3), TERMS, fontsize=6); ax.tick_params(labelsize=6)
-        ax.set_title('adaptive weights', fontsize=7)
+        ax.set_title('adaptive weights' if d.get('adaptive', True) else 'fixed weights (DKD)', fontsize=7)
     else:
         ax.text(.5, .5, 'no weight net', ha='center', va='center', fontsize=7, transform=ax.transAxes); ax.axis('off')
     note = '' if d['tw'] > 0 else '  (joint not labelled: its terms are 0)'
@@ -335,7 +340,7 @@ def _learner_parts(learn, teacher=None, weight_net=None):
     if teacher is None:
         raise ValueError("adpd.viz: this learner has no teacher (use adpd.learner.distill_learner, or pass teacher=)")
     kd = getattr(cb, 'kd_loss', None)
-    if weight_net is None: weight_net = kd if hasattr(kd, 'weights') else getattr(kd, 'weight_net', None)
+    if weight_net is None: weight_net = kd if hasattr(kd, 'weights') else getattr(kd, 'weight_net', None)   # ADPD's, or DKD's fixed ones
     return learn.model, teacher, weight_net, getattr(kd, 'T', 1.), getattr(kd, 'thr', .5)
 
 def _plain_item(ds, i):

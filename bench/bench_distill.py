@@ -1,10 +1,10 @@
-"""No KD vs FPD vs KL vs ADPD over seeds, and ADPD's published behaviour beside the default, on the demo's benchmark.
+"""No KD vs FPD vs KL vs DKD vs ADPD over seeds, and ADPD's published behaviour beside the default, on the demo's benchmark.
 
     python bench/bench_distill.py [--seeds 5] [--epochs 2] [--variants [--variant-seeds 3]] [--out runs/bench-distill]
 
 Part 1 is `adpd_train demo` with more seeds: the shipped student, fine-tuned from the same weights on the same batches
-per seed, without KD and with each KD; the table has mean ± std over seeds and the paired differences ADPD − none,
-ADPD − FPD, ADPD − KL with their spread. Part 2 (`--variants`) runs ADPD alone under the settings that diverge:
+per seed (one cohort per seed), without KD and with each KD; the table has mean ± std over seeds and the paired
+differences of every KD against no KD and ADPD − DKD, with their spread. Part 2 (`--variants`) runs ADPD alone under the settings that diverge:
 the weight net's inputs not detached (`--no-detach`), with a tiny weight-net learning rate (`--weight-lr 1e-5`), with
 unbounded weights (`--no-bound`, the literal objective), and the published loss (`--faithful`), and prints AP with its spread and what the logs recorded (weights, KD loss,
 KD/pose gradient ratio). Every number is measured in this run; nothing is read from earlier runs.
@@ -33,7 +33,7 @@ if __name__ == '__main__':
     p.add_argument('--out', default='runs/bench-distill')
     a = p.parse_args()
     out, seeds = Path(a.out), list(range(a.seeds))
-    print(f"== part 1: no KD / FPD / KL / ADPD, {a.seeds} seeds, {a.epochs} fine-tuning epochs", flush=True)
+    print(f"== part 1: no KD / FPD / KL / DKD / ADPD, {a.seeds} seeds, {a.epochs} fine-tuning epochs", flush=True)
     demo(out / 'kinds', seeds, a.epochs)
     if a.variants:
         vseeds = list(range(a.variant_seeds))
@@ -45,6 +45,6 @@ if __name__ == '__main__':
             d = out / ('adpd-' + ('-'.join(f.strip('-') for f in flags) or 'default'))
             rows = [r for r in demo(d, vseeds, a.epochs, '--kd', 'adpd', *flags) if r['kd'] == 'adpd']
             f = lambda k: [float(r[k]) for r in rows]
-            logs = [d / f'seed{s}' / 'student-adpd' / 'log.csv' for s in vseeds]
-            table.append(f"| {name} | {stat(f('AP'))} | {stat(f('AP50'))} | {stat(f('pck'))} | {kd_summary(logs)} |")
+            logs = [d / f'seed{s}' / 'log.csv' for s in vseeds]        # one cohort per seed; ADPD's columns are adpd_*
+            table.append(f"| {name} | {stat(f('AP'))} | {stat(f('AP50'))} | {stat(f('pck'))} | {kd_summary(logs, 'adpd_')} |")
         print('\n'.join(table))

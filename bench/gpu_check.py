@@ -18,6 +18,9 @@ On CUDA: an HRNet-W32 student and an HRNet-W48 teacher at 256x192, built with th
    the teacher's forward) and the peak GPU memory (`torch.cuda.max_memory_allocated`) of each run.
 3. variants: ADPD at the largest batch on GPU tensors with channels_last, and with `torch.compile` (student and teacher;
    in a subprocess with a timeout, so a slow or failing compile is reported, never fatal).
+4. cohort: `distill_cohort` of four students (no KD, FPD, DKD, ADPD) at the largest batch, AMP and channels_last, batches
+   on the device: the teacher runs once per batch (forward hooks count it) without autograd (grad mode off and its
+   output without a graph inside its forward), every loss finite; img/s of the whole cohort step.
 Then one `summary:` line. Exit status 1 when a correctness check fails, 2 when a benchmark run raised, else 0.
 
 On a machine without CUDA it runs the same code with tiny models (`tiny-w8` student, `tiny-w16` teacher), 64x48 inputs,
@@ -29,7 +32,7 @@ import argparse, contextlib, copy, gc, json, math, os, subprocess, sys, tempfile
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-SECTIONS = ('== environment', '== correctness', '== throughput', '== variants')
+SECTIONS = ('== environment', '== correctness', '== throughput', '== variants', '== cohort')
 CPU_SMOKE_LINE = 'no CUDA: CPU smoke only'
 
 # Relative tolerances of the first step's losses against the fp32 reference (same weights, same batch), per precision.
@@ -93,12 +96,12 @@ def imports():
         from fastai.data.core import DataLoaders
         from fastai.data.load import DataLoader
         from adpd.models import create_pose_model
-        from adpd.learner import distill_learner
+        from adpd.learner import distill_learner, distill_cohort
         from adpd.data import CocoKeypoints, pose_dls
         from adpd.synthetic import make_synthetic_coco
     return dict(torch=torch, Callback=Callback, CancelFitException=CancelFitException, CancelValidException=CancelValidException,
                 MixedPrecision=MixedPrecision, AMPMode=AMPMode, ChannelsLast=ChannelsLast, DataLoaders=DataLoaders,
-                DataLoader=DataLoader, create_pose_model=create_pose_model, distill_learner=distill_learner,
+                DataLoader=DataLoader, create_pose_model=create_pose_model, distill_learner=distill_learner, distill_cohort=distill_cohort,
                 CocoKeypoints=CocoKeypoints, pose_dls=pose_dls, make_synthetic_coco=make_synthetic_coco)
 
 def table(rows, cols):
@@ -454,6 +457,52 @@ class Run:
         self.var_rows = rows
         return rows
 
+    # --------------------------------------------------------------------------------------------------------- cohort
+    def cohort(self):
+        "Four students distilled as one cohort in AMP and channels_last: one teacher forward per batch, without autograd; img/s."
+        s, torch = self.s, self.torch
+        bs, kinds = max(s.batch_sizes), ('none', 'fpd', 'dkd', 'adpd')
+        print(f"\n{SECTIONS[4]}: {len(kinds)} {s.student} students ({', '.join(kinds)}) from one {s.teacher}, batch {bs}, AMP {s.amp}, "
+              f"channels_last, batches on the {self.dev.type}", flush=True)
+        if self.left() < 0:
+            print('  skipped: over --budget-s'); self.cohort_note = 'skipped'
+            return
+        b = self.batches.get(bs) if hasattr(self, 'batches') and bs in self.batches else self.batch(bs)
+        b = (b[0].contiguous(memory_format=torch.channels_last), *b[1:])
+        total = s.warmup + s.steps
+        self.free()
+        teacher = copy.deepcopy(self.teacher0).to(memory_format=torch.channels_last)
+        seen = []
+        def count(mod, inp, out): seen.append((torch.is_grad_enabled(), bool(getattr(out, 'requires_grad', True))))
+        hook = teacher.register_forward_hook(count)
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            learn = self.m['distill_cohort'](self.repeat_dls(b, total), teacher, {k: (copy.deepcopy(self.student0), k) for k in kinds},
+                                             lr=1e-3, cbs=[self.NoValidate()])
+        learn.add_cb(self.m['ChannelsLast']())
+        if self.cuda: learn.to_fp16() if s.amp == 'fp16' else learn.to_bf16()
+        else: learn.add_cb(self.CPUMixedPrecision(amp_mode=s.amp))
+        timer, log = self.StepTimer(s.warmup, s.steps), self.StepLog()
+        learn.add_cbs([timer, log])
+        try: self.fit(learn, total, total)
+        except Exception as e:
+            self.errors.append(f'cohort: {type(e).__name__}')
+            print(f'  ERROR {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ""}'); self.cohort_note = 'error'
+            return
+        finally: hook.remove()
+        steps = learn.train_iter                       # training batches run (the timer cancels the fit inside the last one)
+        finite = all(math.isfinite(r['loss']) for r in log.rows)
+        once = len(seen) == steps and not any(g or r for g, r in seen)
+        img_s = bs * s.steps / timer.seconds if timer.seconds else float('nan')
+        print(f"  training steps {steps}, teacher forwards {len(seen)} (once per batch: {'yes' if len(seen) == steps else 'NO'}), "
+              f"without autograd: {'yes' if not any(g or r for g, r in seen) else 'NO'}, losses finite: {'yes' if finite else 'NO'}, "
+              f"{img_s:.1f} img/s for the cohort ({img_s * len(kinds):.1f} student-img/s)" + (f", peak {self.peak_gib():.1f} GiB" if self.cuda else ''))
+        if not (once and finite): self.failures.append('cohort')
+        self.cohort_note = f"{'PASS' if once and finite else 'FAIL'}, {img_s:.0f} img/s"
+        del learn, teacher
+        self.free()
+
     def compile_subprocess(self, script_args, bs, timeout, base):
         "The torch.compile run in a child process with a timeout: a hang or a crash in compilation is reported, not fatal."
         cmd = [sys.executable, os.path.abspath(__file__), *script_args, '--compile-worker', str(bs)]
@@ -498,7 +547,7 @@ def parse(argv=None):
     p.add_argument('--budget-s', type=float, help='skip remaining benchmark runs once this many seconds have passed (default 450; smoke 120)')
     p.add_argument('--compile', dest='compile', action='store_true', default=None, help='try torch.compile (default on CUDA)')
     p.add_argument('--no-compile', dest='compile', action='store_false')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: correctness, throughput, variants')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: correctness, throughput, variants, cohort')
     p.add_argument('--modes', help=f"comma-separated correctness modes (default all: {','.join(MODES)}; fp32 always runs first)")
     p.add_argument('--student', help='student model name (default hrnet_w32; smoke tiny-w8)')
     p.add_argument('--teacher', help='teacher model name (default hrnet_w48; smoke tiny-w16)')
@@ -569,9 +618,11 @@ def checks(run:Run, a, argv) -> int:
     if 'variants' not in skip:
         if not hasattr(run, 'batches'): run.batches = {}
         timed(run.variants, list(argv if argv is not None else sys.argv[1:]))
+    if 'cohort' not in skip: timed(run.cohort)
     # summary
     n_modes = len(getattr(run, 'corr_rows', []))
-    corr = 'skipped' if 'correctness' in skip else ('PASS' if not run.failures else 'FAIL: ' + ', '.join(run.failures)) + f' ({n_modes} modes)'
+    bad = [f for f in run.failures if f != 'cohort']
+    corr = 'skipped' if 'correctness' in skip else ('PASS' if not bad else 'FAIL: ' + ', '.join(bad)) + f' ({n_modes} modes)'
     parts = [f"correctness {corr}"]
     tp = [r for r in getattr(run, 'tp_rows', []) if 'img_s' in r]
     if tp:
@@ -585,6 +636,7 @@ def checks(run:Run, a, argv) -> int:
         bound = [f"{r['kd']}/bs{r['bs']}" for r in tp if 'loader-bound' in r.get('note', '')]
         parts.append(f"loader-bound: {', '.join(bound) if bound else 'no'}")
     if hasattr(run, 'var_rows'): parts.append(f"compile: {run.compile_note or 'ok'}")
+    if 'cohort' not in skip: parts.append(f"cohort {run.cohort_note}")
     if run.errors: parts.append(f"errors: {'; '.join(run.errors)}")
     parts.append(f"{run.elapsed():.0f}s" + (' (CPU smoke)' if s.smoke else ''))
     print('\nsummary: ' + ' | '.join(parts), flush=True)

@@ -31,7 +31,13 @@ def test_smoke_runs_every_section(smoke):
     for h in gc.SECTIONS: assert h in out, f'missing section {h!r}'
     summary = [l for l in out.splitlines() if l.startswith('summary: ')]
     assert len(summary) == 1 and out.rstrip().splitlines()[-1] == summary[0]
-    assert 'correctness PASS (6 modes)' in summary[0] and 'errors' not in summary[0]
+    assert 'correctness PASS (6 modes)' in summary[0] and 'errors' not in summary[0] and 'cohort PASS' in summary[0]
+
+def test_smoke_cohort_runs_the_teacher_once_per_batch_without_autograd(smoke):
+    rc, out = smoke
+    line = next(l for l in out.splitlines() if l.strip().startswith('training steps'))
+    steps, fwd = (int(v) for v in re.search(r'training steps (\d+), teacher forwards (\d+)', line).groups())
+    assert steps == fwd >= 2 and 'once per batch: yes' in line and 'without autograd: yes' in line and 'losses finite: yes' in line, line
 
 def rows_of(out, header):
     "The data rows of the first table after the line starting with `header`."

@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from adpd.transforms import encode_heatmaps
 from adpd.losses import (TERMS, JointsMSELoss, decoupled_kd, decoupled_distributions, pose_kl, joint_mean, WeightNet,
-                         ADPDLoss, FPDLoss, KLPoseLoss)
+                         ADPDLoss, DKDLoss, FPDLoss, KLPoseLoss)
 
 def make_batch(B=3, K=6, H=16, W=12, seed=0, noise_t=.3, noise_s=.5):
     "Gaussian targets with unlabelled joints, one joint with no keypoint area and one whose area is the whole map."
@@ -174,7 +174,9 @@ def test_fpd_and_kl_losses():
     per_sample = torch.stack([pose_kl(s, t, T=2.)[b][tw[b] > 0].mean() for b in range(3)])
     torch.testing.assert_close(kl(s, t, target, tw), .5 * mse(s, target, tw) + .5 * per_sample.mean())
     assert set(kl.last) == set(KLPoseLoss.names) - {'kd_grad'}        # no graph: no gradient ratio
-    kl(s.clone().requires_grad_(), t, target, tw)
+    out = kl(s.clone().requires_grad_(), t, target, tw)
+    assert 'kd_grad' not in kl.last                                   # the backward pass sets it
+    out.backward()
     assert set(kl.last) == set(KLPoseLoss.names) and kl.last['kd_grad'] > 0
 
 def test_adpd_starts_at_unit_weights_and_reaches_the_student():
@@ -266,6 +268,77 @@ def test_decoupled_distributions_are_what_the_terms_are_made_of():
     torch.testing.assert_close(kl(d['in_t'], d['in_s']), r['KAD'], atol=1e-5, rtol=0)
     torch.testing.assert_close(kl(d['out_t'], d['out_s']), r['NAD'], atol=1e-5, rtol=0)
     assert d['in_t'][1, 2].sum() == 0 and d['out_t'][2, 4].sum() == 0 and (d['area'] == (target > .5)).all()
+
+# --- kd_grad: read off the real backward pass -------------------------------------------------------------------------
+def two_pass_ratio(loss, s, t, target, tw):
+    "The definition, as computed before hooks: two extra `autograd.grad` passes through the last output's pose and KD terms."
+    s = s.detach().requires_grad_()
+    gp = torch.autograd.grad(loss.pose_loss(s, target, tw), s)[0]
+    gk = torch.autograd.grad(loss.kd(s, t, target, tw)[0], s)[0]
+    return loss.alpha * gk.float().norm() / ((1 - loss.alpha) * gp.float().norm())
+
+@pytest.mark.parametrize('make', [lambda: _perturbed(ADPDLoss(6)), lambda: _perturbed(ADPDLoss(6, detach=False, alpha=.3)),
+                                  lambda: _perturbed(ADPDLoss(6, faithful=True)), lambda: FPDLoss(alpha=.7),
+                                  lambda: KLPoseLoss(T=2.), lambda: DKDLoss(T=.5, weights=(1., 2., .5))],
+                         ids=['adpd', 'adpd-nodetach', 'adpd-faithful', 'fpd', 'kl', 'dkd'])
+def test_kd_grad_from_hooks_equals_two_extra_backward_passes(make):
+    s, t, target, tw = make_batch(K=6, seed=6)
+    loss = make()
+    ref = two_pass_ratio(loss, s, t, target, tw)
+    first = s * .8 + .1
+    sp = s.clone().requires_grad_()
+    out = loss([first, sp], t, target, tw)                           # multi-output: the ratio on the last output
+    assert 'kd_grad' not in loss.last
+    (out * 1024.).backward()                                          # a loss scale (fp16 mixed precision) cancels
+    torch.testing.assert_close(loss.last['kd_grad'], ref, rtol=1e-5, atol=0)
+    # the hooks do not change the gradients: the same as without tracking
+    loss.track_grads = False
+    sp2 = s.clone().requires_grad_()
+    (loss([first, sp2], t, target, tw) * 1024.).backward()
+    torch.testing.assert_close(sp2.grad, sp.grad)
+    assert 'kd_grad' not in loss.last
+
+def test_kd_grad_needs_a_graph_and_belongs_to_its_own_forward():
+    s, t, target, tw = make_batch(K=6, seed=7)
+    loss = KLPoseLoss()
+    loss(s, t, target, tw)
+    assert 'kd_grad' not in loss.last                                 # no graph: nothing to record
+    out = loss(s.clone().requires_grad_(), t, target, tw)
+    with torch.no_grad(): loss(s, t, target, tw)                     # e.g. a validation batch before the backward pass
+    out.backward()
+    assert 'kd_grad' not in loss.last                                 # the late backward writes into its own forward's record
+
+# --- DKD: the decoupled terms with fixed weights ----------------------------------------------------------------------
+def test_dkd_is_the_weighted_sum_of_the_term_means_and_fresh_unbounded_adpd():
+    s, t, target, tw = make_batch(K=6, seed=5)
+    dkd = DKDLoss(T=2.)
+    out = dkd(s, t, target, tw)
+    assert set(dkd.last) == set(DKDLoss.names) - {'kd_grad'} and DKDLoss.names == ('pose', 'kd', 'kd_grad', *TERMS)
+    r = decoupled_kd(s, t, target, tw, T=2.)
+    ok = (tw > 0).any(-1)
+    means = {n: joint_mean(r[n], tw)[ok].mean() for n in TERMS}
+    for n in TERMS: torch.testing.assert_close(dkd.last[n], means[n])
+    torch.testing.assert_close(dkd.last['kd'], sum(means.values()))
+    torch.testing.assert_close(out, .5 * JointsMSELoss()(s, target, tw) + .5 * sum(means.values()))
+    adpd = ADPDLoss(6, T=2., bound=False)
+    adpd(s, t, target, tw)
+    torch.testing.assert_close(dkd.last['kd'], adpd.last['kd'])
+    dkd2 = DKDLoss(T=2., weights=(.5, 0, 3))
+    dkd2(s, t, target, tw)
+    torch.testing.assert_close(dkd2.last['kd'], .5 * means['BiKD'] + 3 * means['NAD'])
+    zero = DKDLoss(weights=(0, 0, 0))
+    torch.testing.assert_close(zero(s, t, target, tw), .5 * JointsMSELoss()(s, target, tw))
+    assert zero.last['kd'] == 0 and zero.weight_params() == []
+
+@pytest.mark.parametrize('weights', [(1., 1.), (1., 1., 1., 1.), (1., -.1, 1.), (float('nan'), 1., 1.), (float('inf'), 1., 1.),
+                                     (True, 1., 1.), ('1', 1, 1), 1., None])
+def test_dkd_rejects_bad_weights(weights):
+    with pytest.raises(ValueError, match='DKDLoss: weights must be three finite numbers >= 0'): DKDLoss(weights=weights)
+
+def test_dkd_checks_its_ranges():
+    with pytest.raises(ValueError, match='DKDLoss: T must be'): DKDLoss(T=0.)
+    with pytest.raises(ValueError, match='DKDLoss: thr must be'): DKDLoss(thr=1.)
+    with pytest.raises(ValueError, match='DKDLoss: alpha must be'): DKDLoss(alpha=2.)
 
 # --- the bound on ADPD's weights (04_losses derives it) --------------------------------------------
 def _perturbed(loss, seed=3):

@@ -21,7 +21,7 @@ def sd_equal(a, b, **tol):
     for k in a: torch.testing.assert_close(a[k], b[k], msg=lambda m: f'{k}: {m}', **tol)
 
 # ---------------------------------------------------------------- demo
-KINDS = ('none', 'fpd', 'kl', 'adpd')
+KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')
 
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / 'demo'
@@ -30,23 +30,23 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     table = [l for l in r.stdout.splitlines() if l.startswith('| ')]
     assert table[0].startswith('| run | model | params (M) | epochs | speed-up (b1 / b32) | latency, ms/crop (b1 / b32) | AP | AP50 | PCK | seeds |')
     assert [l.split('|')[1].strip() for l in table[1:]] == ['teacher (shipped)', 'student (shipped, before fine-tuning)',
-                                                            'student, no KD', 'student + FPD', 'student + KL', 'student + ADPD']
+                                                            'student, no KD', 'student + FPD', 'student + KL', 'student + DKD', 'student + ADPD']
     assert all(re.search(r'\| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| 2 \|$', l) for l in table[3:]), table
-    assert 'ADPD − no KD: AP' in r.stdout and 'paired over 2 seeds' in r.stdout and 'ADPD, over every epoch of every seed: weights' in r.stdout
+    for pair in ('FPD − no KD', 'KL − no KD', 'DKD − no KD', 'ADPD − no KD', 'ADPD − DKD'): assert f'{pair}: AP' in r.stdout, pair
+    assert 'paired over 2 seeds' in r.stdout and 'ADPD, over every epoch of every seed: weights' in r.stdout
     assert (out / 'curves.png').read_bytes()[:4] == b'\x89PNG'
     assert len((out / 'results.csv').read_text().splitlines()) == 1 + 2 + 2 * len(KINDS)
     assert (out / 'results.md').read_text().startswith(table[0])
-    res = {(s, k): json.loads((out / f'seed{s}' / f'student-{k}' / 'results.json').read_text()) for s in (0, 1) for k in KINDS}
-    assert all(0 <= r['metrics']['AP'] <= 1 for r in res.values())
-    # every student run starts from the shipped student's weights
-    assert len({r['init_digest'] for r in res.values()}) == 1
-    assert 'w_NAD' in (out / 'seed0' / 'student-adpd' / 'log.csv').read_text().splitlines()[0]
-    # the saved students are plain state dicts a fresh model loads
+    # one cohort per seed: one run folder, one folder per member
+    res = {s: json.loads((out / f'seed{s}' / 'results.json').read_text()) for s in (0, 1)}
+    assert all(list(r['members']) == list(KINDS) and all(0 <= m['metrics']['AP'] <= 1 for m in r['members'].values()) for r in res.values())
+    assert 'adpd_w_NAD' in (out / 'seed0' / 'log.csv').read_text().splitlines()[0]
+    # the saved students are plain state dicts a fresh model loads, equal to the cohort's checkpoint
     name = SHIPPED['student']['model']
-    for k in ('none', 'adpd'):
-        d = out / 'seed1' / f'student-{k}'
-        m = load_pose_checkpoint(build_model(name), d / 'final.pth')
-        sd_equal(m.state_dict(), load_checkpoint(d / 'checkpoint.pth')['model'], rtol=0, atol=0)
+    ck = load_checkpoint(out / 'seed1' / 'checkpoint.pth')['model']
+    for k in ('none', 'dkd', 'adpd'):
+        m = load_pose_checkpoint(build_model(name), out / 'seed1' / k / 'final.pth')
+        sd_equal(m.state_dict(), {n[len(f'members.{k}.'):]: v for n, v in ck.items() if n.startswith(f'members.{k}.')}, rtol=0, atol=0)
     # the same command again is refused (it would overwrite the run); with --resume the results are read back
     args = ['demo', '--quick', '--no-bar', '--threads', '1', '--data-root', str(tmp_path / 'data'), '--out', str(out)]
     capsys.readouterr()
@@ -62,6 +62,8 @@ def test_demo_flags(capsys):
     assert p.parse_args(['demo']).detach is True and p.parse_args(['demo', '--no-detach']).detach is False
     assert p.parse_args(['demo']).bound is True and p.parse_args(['demo', '--no-bound']).bound is False
     assert p.parse_args(['coco', '--data-root', '.', '--faithful']).faithful is True
+    assert p.parse_args(['coco', '--data-root', '.', '--kd', 'dkd', '--dkd-weights', '1,0.5,2']).dkd_weights == (1., .5, 2.)
+    assert p.parse_args(['demo']).kd is None and p.parse_args(['demo', '--kd', 'none,dkd']).kd == ('none', 'dkd')
     for args, msg in ((['--seeds', 'a,b'], "argument --seeds: 'a,b': comma-separated integers"), (['--kd', 'adpd,mse'], "unknown ['mse']")):
         with pytest.raises(SystemExit) as e: main(['demo', '--quick', *args])
         assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -70,7 +72,8 @@ def test_demo_flags(capsys):
     ('--workers', '-2', '≥ 0'), ('--threads', '0', '≥ 1'), ('--image-size', '0x0', 'positive multiples of 4'),
     ('--image-size', '255x192', 'multiples of 4'), ('--lr-steps', 'abc', 'comma-separated integers'), ('--stop-after', '0', '≥ 1'),
     ('--T', '0', 'must be > 0'), ('--thr', '1', 'in (0, 1)'), ('--alpha', '1.5', 'in [0, 1]'), ('--lr', 'nan', 'must be > 0'),
-    ('--lr', '-1', '> 0'), ('--weight-lr', 'inf', '> 0'), ('--eval-every', 'x', 'not an integer')])
+    ('--lr', '-1', '> 0'), ('--weight-lr', 'inf', '> 0'), ('--dkd-weights', '1,1', 'three comma-separated'),
+    ('--dkd-weights', '1,-1,1', 'numbers ≥ 0'), ('--dkd-weights', '1,nan,1', 'numbers ≥ 0'), ('--eval-every', 'x', 'not an integer')])
 def test_cli_values_are_checked_at_parse_time(tmp_path, capsys, flag, value, msg):
     "A bad value stops at parse time (exit 2, the flag named) before any work: no run folder is left to refuse the corrected run."
     out = tmp_path / 'run'
