@@ -66,12 +66,26 @@ def pose_kl(student, teacher, target_weight=None, T=1.):
 # %% ../nbs/04_losses.ipynb #6164de96
 _TINY = 1e-30   # a region sum below this (float32 normals end near 1e-38) is recomputed with its own shift
 
+def _area_pixels(target, thr):
+    "Flat indices `(n,)` of the pixels of `target (B, K, N)` above `thr`, found block by block: a keypoint area is a few pixels."
+    bs = math.gcd(target.shape[-1], 128)
+    x = target.reshape(-1, bs)
+    blocks = (x.amax(-1) > thr).nonzero().squeeze(1)                   # the blocks that hold any of them
+    b, i = (x[blocks] > thr).nonzero(as_tuple=True)
+    return blocks[b] * bs + i
+
 def _region_sums(x, mf, direct):
     "Sums of `x (B, K, N)` inside (`mf` = 1) and outside the keypoint area: `(B, K, 2)`."
     inside = torch.linalg.vecdot(x, mf)
     # the area is small, so the outside sum is the total minus the inside one, unless that would cancel
     outside = torch.linalg.vecdot(x, 1. - mf) if direct else x.sum(-1) - inside
     return torch.stack([inside, outside], -1)
+
+def _mask(x, idx):
+    "The 0/1 mask `(B, K, N)` of the flat pixel indices `idx`, like `x`."
+    mf = torch.zeros_like(x)
+    mf.view(-1)[idx] = 1
+    return mf
 
 def _per_pixel(v, mf, nf):
     "Region values `v (B, K, 2)` spread to the pixels, `(B, K, N)`; exact since `mf`, `nf` are 0/1."
@@ -98,7 +112,7 @@ def _exp_stats(x, mf, has, T):
     return E, torch.where(has, S, 1.), shift, direct
 
 def _shifted(s, t, mf, has, T):
-    "Any area: region sums of shifted exponentials. `(E_s, E_t, S_s, S_t, log masses s, t, c, D)`, as `_DecoupledKL` uses them."
+    "Any area (`mf (B, K, N)` 0/1): shifted exponentials `E` and their region sums. `(E_s, E_t, S_s, S_t, log masses s, t, c, D)`, as `_DecoupledKL` uses them."
     Es, Ss, shs, _ = _exp_stats(s, mf, has, T)
     Et, St, sht, direct = _exp_stats(t, mf, has, T)
     both = has.all(-1, keepdim=True)
@@ -109,59 +123,69 @@ def _shifted(s, t, mf, has, T):
     D = _region_sums(torch.sub(t, s).mul_(Et), mf, direct)             # sum over each region of E_t (t - s)
     return Es, Et, Ss, St, log_mass(Ss, shs), log_mass(St, sht), c, D
 
-def _softmaxed(s, t, mf, has, T):
-    "A keypoint area holding between 1e-30 and half of each mass (the usual case): the softmaxes, whose region sums are the masses. None otherwise."
+def _softmaxed(s, t, idx, rows, has, T):
+    """The usual case, each area holding between 1e-30 and half of its heatmap's mass: `E` are the softmaxes and their region
+    sums the masses, the area's read at its few pixels `idx` (flat, of the joints `rows`). None in any other case."""
     if not bool(has[..., 1].all()): return None
     zs, zt = (x if T == 1 else x * (1 / T) for x in (s, t))
     ps, pt = F.softmax(zs, -1), F.softmax(zt, -1)
-    PsA, PtA = torch.linalg.vecdot(ps, mf)[..., None], torch.linalg.vecdot(pt, mf)[..., None]          # (B, K, 1)
+    area_sum = lambda v: ps.new_zeros(has.shape[:-1]).view(-1).index_add_(0, rows, v).view(*has.shape[:-1], 1)
+    inside = lambda x: x.reshape(-1).index_select(0, idx)
+    ptA = inside(pt)
+    PsA, PtA = area_sum(inside(ps)), area_sum(ptA)                                           # (B, K, 1)
     PA = torch.cat([PsA, PtA], -1)
     if not bool(((PA <= .5) & ((PA >= _TINY) | ~has[..., :1])).all()): return None
     both = has.all(-1, keepdim=True)
     lps, lpt = (torch.where(both, torch.cat([P.log(), torch.log1p(-P)], -1), 0.) for P in (PsA, PtA))  # P_N = 1 - P_A >= 1/2
-    # difference of the log-sum-exps over all pixels, each the max plus the log of 1 / (the peak's probability)
+    # the log-sum-exps over all pixels differ by the maxes' difference and the log of the peaks' probabilities' ratio
     dtot = zt.amax(-1, keepdim=True) - zs.amax(-1, keepdim=True) + torch.log(ps.amax(-1, keepdim=True) / pt.amax(-1, keepdim=True))
     c = torch.where(has, lpt - lps + dtot, 0.)
-    q = torch.sub(t, s).mul_(pt)
-    DA = torch.linalg.vecdot(q, mf)
-    D = torch.stack([DA, q.sum(-1) - DA], -1)
+    DA = area_sum(ptA * (inside(t) - inside(s)))
+    D = torch.cat([DA, torch.sub(t, s).mul_(pt).sum(-1, keepdim=True) - DA], -1)
     Ss, St = (torch.where(has, torch.cat([P, 1 - P], -1), 1.) for P in (PsA, PtA))
     return ps, pt, Ss, St, lps, lpt, c, D
 
 class _DecoupledKL(torch.autograd.Function):
-    "BiKD, KAD, NAD `(B, K, 3)` (before the T² factor) from student and teacher heatmaps `s, t (B, K, N)` and the 0/1 area mask `mf (B, K, N)`."
+    "BiKD, KAD, NAD `(B, K, 3)` (before the T² factor) from student and teacher heatmaps `s, t (B, K, N)` and the flat indices `idx` of the keypoint area."
     @staticmethod
-    def forward(ctx, s, t, mf, T):
-        cnt = mf.sum(-1)
-        has = torch.stack([cnt > 0, cnt < mf.shape[-1]], -1)             # (B, K, 2): the area / the rest is not empty
+    def forward(ctx, s, t, idx, T):
+        B, K, N = s.shape
+        rows = idx // N                                                    # each area pixel's joint, in (B·K,)
+        cnt = torch.bincount(rows, minlength=B * K).view(B, K)
+        has = torch.stack([cnt > 0, cnt < N], -1)                        # (B, K, 2): the area / the rest is not empty
         # E_x (B, K, N) and its region sums S_x (B, K, 2): E_x / S_x is x's distribution renormalised in each region;
         # log masses (B, K, 2); c: differences of the regions' log-sum-exps, t - s; D: sums over each region of E_t (t - s)
-        Es, Et, Ss, St, lps, lpt, c, D = _softmaxed(s, t, mf, has, T) or _shifted(s, t, mf, has, T)
+        Es, Et, Ss, St, lps, lpt, c, D = _softmaxed(s, t, idx, rows, has, T) or _shifted(s, t, _mask(s, idx), has, T)
         Ps, Pt = torch.where(has, lps.exp(), 0.), torch.where(has, lpt.exp(), 0.)
         ell = torch.where(has, lpt - lps, 0.)
         bikd = (Pt * ell).sum(-1)
         kl = torch.where(has, D / (T * St) - c, 0.)                        # (B, K, 2): KAD, NAD
         ctx.T = T
-        ctx.save_for_backward(mf, Es, Et, Ss, St, has, Ps, Pt, ell, bikd, kl, c,
+        ctx.save_for_backward(idx, rows, Es, Et, Ss, St, has, Ps, Pt, ell, bikd, kl, c,
                               *((s, t) if ctx.needs_input_grad[1] else ()))
         return torch.cat([bikd[..., None], kl], -1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        mf, Es, Et, Ss, St, has, Ps, Pt, ell, bikd, kl, c, *st = ctx.saved_tensors
+        idx, rows, Es, Et, Ss, St, has, Ps, Pt, ell, bikd, kl, c, *st = ctx.saved_tensors
         T, g = ctx.T, g.to(Es.dtype)
         gB, gR = g[..., :1], g[..., 1:]                                   # (B, K, 1), (B, K, 2)
-        nf = 1. - mf
         v = torch.where(has, gR / (T * St), 0.)
+        inside = lambda x: x.reshape(-1).index_select(0, idx)               # at the area's pixels
+        area = lambda a: a[..., 0].reshape(-1).index_select(0, rows)        # a joint's area value, at each of its pixels
         gs = gt = None
-        if ctx.needs_input_grad[0]:   # d/ds_i = (E_s u - E_t v) with u, v constant per region
+        # every pixel gets the rest's formula, then the area's few pixels are overwritten with theirs
+        if ctx.needs_input_grad[0]:   # d/ds_i = E_s u - E_t v, with u, v constant per region
             u = torch.where(has, (gB * (Ps - Pt) + gR) / (T * Ss), 0.)
-            gs = _per_pixel(u, mf, nf).mul_(Es).addcmul_(_per_pixel(v, mf, nf), Et, value=-1)
-        if ctx.needs_input_grad[1]:
-            s, t = st
+            gs = torch.mul(Es, u[..., 1:]).addcmul_(Et, v[..., 1:], value=-1)
+            gs.view(-1)[idx] = inside(Es) * area(u) - inside(Et) * area(v)
+        if ctx.needs_input_grad[1]:   # d/dt_i = E_t ((t_i - s_i) v / T + w)
+            d = torch.sub(*st[::-1])
             w = torch.where(has, (Pt * (ell - bikd[..., None]) * gB - gR * (c + kl)) / (T * St), 0.)
-            gt = _per_pixel(v / T, mf, nf).mul_(t - s).add_(_per_pixel(w, mf, nf)).mul_(Et)
+            dA = inside(d)
+            gt = d.mul_(v[..., 1:] / T).add_(w[..., 1:]).mul_(Et)
+            gt.view(-1)[idx] = inside(Et) * (dA * area(v) / T + area(w))
         return gs, gt, None, None
 
 # %% ../nbs/04_losses.ipynb #06ef4f6c
@@ -182,9 +206,8 @@ def decoupled_kd(student, teacher, target, target_weight=None, T=1., thr=.5):
     with torch.autocast(student.device.type, enabled=False):
         dt = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
         s, t = student.reshape(B, K, -1).to(dt), teacher.reshape(B, K, -1).to(dt)
-        tg = target.detach().reshape(B, K, -1)
-        mf = torch.gt(tg, thr, out=torch.empty(tg.shape, dtype=dt, device=tg.device))   # the keypoint area, as 0/1
-        r = _DecoupledKL.apply(s, t, mf, float(T)) * (T * T)
+        idx = _area_pixels(target.detach().reshape(B, K, -1), thr)     # the keypoint areas, as flat pixel indices
+        r = _DecoupledKL.apply(s, t, idx, float(T)) * (T * T)
         if tw is not None: r = torch.where((tw > 0)[..., None], r, 0.)
     return dict(zip(TERMS, r.unbind(-1)))
 
@@ -215,15 +238,32 @@ def joint_mean(x, target_weight=None):
     return (x * tw).sum(-1) / (tw > 0).sum(-1).clamp(min=1)
 
 # %% ../nbs/04_losses.ipynb #88029ed0
+def _avg_pool(x, f:int):
+    "Means of `x (B, C, H, W)` over `f × f` blocks; a block cut by the border averages the pixels it has."
+    B, C, H, W = x.shape
+    if f == 1: return x
+    if H % f or W % f: return F.avg_pool2d(x, f, ceil_mode=True)
+    return x.reshape(B, C, H // f, f, W).mean(3).reshape(B, C, H // f, W // f, f).mean(-1)   # rows, then columns: ~2× avg_pool2d's speed
+
+class _BatchNorm2d(nn.BatchNorm2d):
+    "`BatchNorm2d` that, in training, normalises a lone value per channel (one sample, a 1×1 map) with its running statistics instead of failing."
+    def forward(self, x):
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0., self.eps)
+        return super().forward(x)
+
 class WeightNet(nn.Module):
-    "Three positive weights `(B, 3)` (BiKD, KAD, NAD) per sample, from student and teacher heatmaps `(B, K, H, W)` and the `(B, K)` term values."
-    def __init__(self, num_joints:int, hidden:int=None, faithful=False, detach=False):
+    """Three positive weights `(B, 3)` (BiKD, KAD, NAD) per sample, from student and teacher heatmaps `(B, K, H, W)` and the `(B, K)`
+    term values. The heatmaps are averaged over `pool × pool` blocks first; `'auto'`: to a height of at most 16 (1 when `faithful`)."""
+    def __init__(self, num_joints:int, hidden:int=None, faithful=False, detach=False, pool='auto'):
         super().__init__()
+        if not (pool == 'auto' or (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1)):
+            raise ValueError(f"adpd.losses.WeightNet: pool must be 'auto' or an int >= 1, got {pool!r}")
         K, C = num_joints, 2 * num_joints
-        self.num_joints, self.faithful, self.detach = num_joints, faithful, detach
+        self.num_joints, self.faithful, self.detach, self.pool = num_joints, faithful, detach, pool
         self.features = nn.Sequential(
-            nn.Conv2d(C, C, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(C), nn.ReLU(),
-            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C), nn.ReLU(),
+            nn.Conv2d(C, C, 7, stride=2, padding=3, bias=False), _BatchNorm2d(C), nn.ReLU(),
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), _BatchNorm2d(C), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc1 = nn.Linear(C + 3 * K, hidden or 3 * K)
         self.act = nn.Identity() if faithful else nn.ReLU()
@@ -238,14 +278,20 @@ class WeightNet(nn.Module):
             nn.init.zeros_(self.fc1.weight); nn.init.zeros_(self.fc1.bias)
         nn.init.zeros_(self.fc2.weight); nn.init.zeros_(self.fc2.bias)
 
+    def pool_factor(self, height:int):
+        "The block size for heatmaps `height` pixels high: `pool`, or for `'auto'` the smallest that brings the height to 16 or less."
+        if self.pool != 'auto': return self.pool
+        return 1 if self.faithful else max(1, math.ceil(height / 16))
+
     def log_weights(self, student, teacher, terms):
         "The log of the weights, `(B, 3)` in float32; `terms` maps BiKD, KAD, NAD to `(B, K)`."
         K = self.num_joints
         if student.ndim != 4 or student.shape[1] != K:
             raise ValueError(f"adpd.losses.WeightNet: built for {K} joints, got heatmaps of shape {tuple(student.shape)}")
-        x = torch.cat([student, teacher], 1).to(self.fc1.weight.dtype)     # any float heatmaps (fp16, bf16, float64)
         v = torch.cat([terms[n].reshape(-1, K) for n in TERMS], 1)
-        if self.detach: x, v = x.detach(), v.detach()
+        if self.detach: student, teacher, v = student.detach(), teacher.detach(), v.detach()
+        f = self.pool_factor(student.shape[-2])
+        x = torch.cat([_avg_pool(student, f), _avg_pool(teacher, f)], 1).to(self.fc1.weight.dtype)   # any float heatmaps
         h = torch.cat([self.features(x).float(), v.float()], 1)
         return self.fc2(self.act(self.fc1(h))).float()
 
@@ -327,12 +373,12 @@ class ADPDLoss(DistillLoss):
     relative to their mean, while the student sees the weights as constants; `faithful=True`: unbounded, as published."""
     names = ('pose', 'kd', 'kd_grad', *TERMS, *(f'w_{n}' for n in TERMS))
     def __init__(self, num_joints:int, T=1., thr=.5, alpha=.5, faithful=False, detach=None, bound=None, hidden:int=None,
-                 use_target_weight=True):
+                 use_target_weight=True, pool='auto'):
         super().__init__(alpha, use_target_weight)
         check_range('adpd.losses.ADPDLoss', T=T, thr=thr)
         self.T, self.thr = T, thr
         self.bound = (not faithful) if bound is None else bound
-        self.weight_net = WeightNet(num_joints, hidden, faithful, (not faithful) if detach is None else detach)
+        self.weight_net = WeightNet(num_joints, hidden, faithful, (not faithful) if detach is None else detach, pool)
 
     def log_weights(self, z):
         "Log weights `(B, 3)` from the weight net's outputs `z`: `log(3·softmax(z))` (mean 1 per sample) when bounded, else `z`."

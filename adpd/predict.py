@@ -172,8 +172,16 @@ def _ann_spec(ann, K):
         return spec_from_coco_category(cats[0]) if cats and len(cats[0]['keypoints']) == K else None
     except (OSError, ValueError, AttributeError): return None
 
+def _cohort_members(d:Path) -> list:
+    "The member names of the cohort run in folder `d` (its `config.json` lists them), else []."
+    try: return [m[0] for m in json.loads((d / 'config.json').read_text()).get('members') or []]
+    except (OSError, ValueError, AttributeError, TypeError, IndexError): return []
+
 def _find_weights(d:Path) -> Path:
     "The weight file of the folder `d`: a run's best/final/checkpoint.pth, the shipped `student.pth`, or the one run below it."
+    members = _cohort_members(d)
+    if members: raise InputError(f"{d}: a cohort run of {len(members)} students; pass one member's folder: "
+                                 + ', '.join(str(d / m) for m in members))
     for n in RUN_WEIGHTS:
         if (d / n).is_file(): return d / n
     for n in ('student', 'teacher'):

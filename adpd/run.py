@@ -581,6 +581,7 @@ def train_cohort(config:CohortConfig, run_dir, rt:Runtime, make_dls, make_studen
     learn = distill_cohort(dls, teacher, {n: (students[n], kinds[n]) for n in kinds}, alpha=c.alpha, T=c.T, thr=c.thr,
                            weight_lr_mult=c.weight_lr and c.weight_lr / c.lr, detach=c.detach, bound=c.bound, faithful=c.faithful,
                            dkd_weights=c.dkd_weights, opt_func=paper_adam, lr=c.lr, path=run_dir, model_dir='.')
+    w0 = {n: digest(f.parameters()) for n, f in learn.distiller.kd_loss.losses.items()}
     if rank_distrib() == 0:
         for n, kd in kinds.items():
             atomic_write_text(run_dir / n / 'config.json', json.dumps(dict(card or {}, member=n, kd=kd, cohort=str(run_dir)), indent=1))
@@ -594,6 +595,11 @@ def train_cohort(config:CohortConfig, run_dir, rt:Runtime, make_dls, make_studen
     if ck.stopped:
         say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
         return dict(res, learn=learn)
+    if num_distrib() > 1:
+        for n, m in students.items():
+            wp = list(learn.distiller.kd_loss.losses[n].parameters())
+            print(f"rank {rank_distrib()}/{num_distrib()}: {name} {n} student {digest(m.parameters())} weight net "
+                  + (f"{digest(wp)} (initially {w0[n]})" if wp else '-'), flush=True)
     if rank_distrib() == 0:
         for n, m in students.items(): _save_final(m, run_dir / n, evaluate, res['members'][n])
     res = _write_results(done, res)

@@ -2,7 +2,7 @@
 trained shipped student over a whole schedule, as one cohort per seed (same start, same batches, one teacher pass).
 
     python bench/bench_paper.py [--out runs/bench-paper] [--results bench/results/paper] [--resume]
-    python bench/bench_paper.py --smoke      # a few images and one epoch: checks the script, reports nothing
+    python bench/bench_paper.py --smoke      # 40 images, one epoch, one seed: checks the script (results in OUT/smoke-results)
 
 The published protocol distils into a student that was trained on its own first (the official ADPD MPII config starts
 its ShuffleNetV2 from the student's own checkpoint; FPD's best MPII row is its pretrained student) and trains for the
@@ -27,27 +27,20 @@ Writes to `--results`: `results.csv` (member, seed, final metrics), `curves.csv`
 train pose loss), `curves.png` (AP per epoch, mean ± std over seeds), `results.md` (the table, paired differences,
 the conclusion's numbers), `meta.json` (the command, the commit, the machine, wall times).
 """
-import argparse, csv, dataclasses, io, json, os, platform, subprocess, sys, time
+import argparse, csv, io, json, os, platform, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import torch
 from adpd.data import pose_dls
 from adpd.evaluate import coco_evaluate
-from adpd.run import CohortConfig, Runtime, train_cohort, say
-from adpd.recipes import BENCH, SHIPPED, bench_data, shipped_model, model_from_name, paired_diffs, mean_std
+from adpd.run import Runtime, train_cohort, say
+from adpd.recipes import BENCH, SHIPPED, DemoCohort, bench_data, shipped_model, model_from_name, paired_diffs, mean_std
 
 MEMBERS = (('none', 'none'), ('fpd', 'fpd'), ('kl', 'kl'), ('dkd', 'dkd'), ('adpd', 'adpd'),
            ('adpd_published', {'kd': 'adpd', 'faithful': True}))
 PROTOCOL = dict(epochs=12, lr=SHIPPED['student']['lr'], bs=32, seeds=(100, 101, 102), schedule='onecycle')
 PAIRS = [(m, 'none') for m, _ in MEMBERS if m != 'none'] + [('adpd', 'dkd'), ('adpd', 'adpd_published')]
 LABELS = dict(none='no KD', fpd='FPD', kl='KL', dkd='DKD (fixed weights)', adpd='ADPD (default)', adpd_published='ADPD (published)')
-
-@dataclasses.dataclass(frozen=True)
-class PaperCohort(CohortConfig):
-    "One seed of the experiment (its identity: the protocol, the shipped weights it starts from)."
-    n_images: int = BENCH['n_images']
-    teacher: str = ''
-    student: str = ''
 
 def run(out, resume, n_images, epochs, seeds, smoke):
     "Train one cohort per seed; rows of final metrics and per-epoch curves."
@@ -61,7 +54,7 @@ def run(out, resume, n_images, epochs, seeds, smoke):
     evaluate = lambda m: coco_evaluate(m, va, flip=True, bs=64)
     rows, curves, times = [], [], {}
     for seed in seeds:
-        c = PaperCohort(members=MEMBERS, epochs=epochs, lr=PROTOCOL['lr'], bs=PROTOCOL['bs'], seed=seed, schedule=PROTOCOL['schedule'],
+        c = DemoCohort(members=MEMBERS, epochs=epochs, lr=PROTOCOL['lr'], bs=PROTOCOL['bs'], seed=seed, schedule=PROTOCOL['schedule'],
                         n_images=n_images, teacher=teacher.shipped['sha256'], student=base.shipped['sha256'])
         t = time.time()
         r = train_cohort(c, out / f'seed{seed}', Runtime(out=str(out), resume=resume, bar=False), 
@@ -119,9 +112,9 @@ def main():
     a = p.parse_args()
     t0 = time.time()
     n_images, epochs, seeds = (40, 1, (100,)) if a.smoke else (BENCH['n_images'], PROTOCOL['epochs'], PROTOCOL['seeds'])
-    out, res = Path(a.out).absolute(), Path(a.results)
+    out = Path(a.out).absolute()
+    res = out / 'smoke-results' if a.smoke else Path(a.results)       # a smoke run never overwrites the committed results
     rows, curves, times, (teacher, base, tr, va) = run(out, a.resume, n_images, epochs, seeds, a.smoke)
-    if a.smoke: return print(f"smoke run: {len(rows)} rows, {len(curves)} curve points, {time.time() - t0:.0f}s")
     res.mkdir(parents=True, exist_ok=True)
     write_csv(res / 'results.csv', rows); write_csv(res / 'curves.csv', curves)
     plot(curves, res / 'curves.png', epochs)

@@ -64,7 +64,7 @@ def run_models(folder):
         for role, m in (('teacher', teacher), ('student', base)):
             if c[role] and c[role] != m.shipped['sha256']: notes.append(f"the run started from another shipped {role} (sha256 {c[role][:12]}…)")
         runs = sorted(p.parent for p in folder.glob('**/final.pth'))
-        runs = sorted(runs, key=lambda r: r.name != 'student-adpd')   # the ADPD student's weights first, when there is one
+        runs = sorted(runs, key=lambda r: r.name not in ('adpd', 'student-adpd'))   # the ADPD student's weights first, when there is one
         models = {f"teacher {teacher.shipped['model']} (shipped)": teacher}
         if runs:
             label = runs[0].relative_to(folder).as_posix() if runs[0] != folder else folder.name

@@ -95,8 +95,8 @@ def test_demo_table_has_the_latency_columns(demo_run):
 def test_bench_on_a_demo_run_folder(demo_run, capsys):
     models, size, notes = bs_mod.run_models(demo_run)
     (tn, t), (sn, s) = models.items()
-    assert tn.startswith('teacher fpn:resnet10t-d64') and 'seed0/student-none' in sn and size == (96, 128)
-    final = load_checkpoint(demo_run / 'seed0' / 'student-none' / 'final.pth')
+    assert tn.startswith('teacher fpn:resnet10t-d64') and 'seed0/none' in sn and size == (96, 128)
+    final = load_checkpoint(demo_run / 'seed0' / 'none' / 'final.pth')
     assert all(torch.equal(v, final[k]) for k, v in s.state_dict().items())      # the run's weights, not the shipped ones
     assert bs_mod.main([str(demo_run), '--runs', '2', '--batch-sizes', '1', '--image-size', '64x48']) == 0
     head, rows = md_table(capsys.readouterr().out)

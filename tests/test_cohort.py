@@ -8,7 +8,7 @@ from adpd.losses import DKDLoss, ADPDLoss
 from adpd.models import TinyPoseNet
 from adpd.run import CohortConfig, Runtime, train_cohort, TrainError
 from adpd.testing import synth_dls
-from adpd.predict import load_student, predict
+from adpd.predict import load_student, predict, InputError
 from adpd import train as train_cli
 
 STEPS = 5
@@ -137,6 +137,7 @@ def test_cohort_run_resumes_exactly_and_saves_standalone_students(tmp_path, data
         assert all(torch.equal(v, a[k]) for k, v in s.model.state_dict().items())
         kp, sc = predict(s.model, np.zeros((64, 48, 3), np.uint8), image_size=s.image_size)
         assert kp.shape[1:] == (17, 2)
+    with pytest.raises(InputError, match=r'a cohort run of 3 students; pass one member.s folder: .*straight/plain'): load_student(tmp_path / 'straight')
     wa, wb = (r['learn'].distiller.kd_loss.state_dict() for r in (straight, resumed))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the log has one line per epoch, the killed one's first line kept

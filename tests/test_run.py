@@ -9,7 +9,7 @@ from adpd.learner import distill_learner
 from adpd.models import TinyPoseNet
 from adpd.testing import synth_dls, GroupLRs
 from adpd.train import make_parser, config_from_args
-from adpd.recipes import student_run
+from adpd.recipes import demo_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_demo_faithful_changes_the_run(tmp_path):
     plain, _ = config_from_args(p.parse_args(['demo', '--quick']))
     faithful, _ = config_from_args(p.parse_args(['demo', '--quick', '--faithful']))
     assert faithful.faithful and not plain.faithful and faithful.differs(plain.to_dict()) == 'faithful: False → True'
-    assert student_run(faithful, 'adpd', 0).faithful                   # and reaches every student run
+    assert demo_cohort(faithful, 0).faithful                          # and reaches every seed's cohort
     open_run(tmp_path / 'demo', plain)
     with pytest.raises(TrainError, match='faithful: False → True'): open_run(tmp_path / 'demo', faithful)
 

@@ -166,12 +166,12 @@ def test_two_process_gloo(tmp_path):
     lines = re.findall(r'rank (\d)/2: (.+?) student (\w+) weight net (\S+)(?: \(initially (\w+)\))?', r.stdout)
     got = {(rank, name): (s, w, w0) for rank, name, s, w, w0 in lines}
     assert {k[0] for k in got} == {'0', '1'}, r.stdout                  # both processes trained
-    name = 'student + ADPD (seed 0)'
+    name = 'cohort (seed 0) adpd'
     assert got[('0', name)] == got[('1', name)], (name, got)               # DDP student, and the all-reduced weight net
     s, w, w0 = got[('0', name)]
     assert w != '-' and w != w0, got                                      # the weight net trained (so equality means synchronised)
     assert sum(l.startswith('| teacher') for l in r.stdout.splitlines()) == 1   # only rank 0 prints the table
-    ck = out / 'seed0' / 'student-adpd' / 'checkpoint.pth'
+    ck = out / 'seed0' / 'checkpoint.pth'
     assert load_checkpoint(ck)['epoch'] == 1
     rng = load_checkpoint(ck)['rng']
     assert len(rng) == 2                                                  # each process's RNG states, for an exact resume
