@@ -64,8 +64,6 @@ def pose_kl(student, teacher, target_weight=None, T=1.):
     return kl if tw is None else torch.where(tw > 0, kl, 0.)
 
 # %% ../nbs/04_losses.ipynb #6164de96
-_TINY = 1e-30   # a region sum below this (float32 normals end near 1e-38) is recomputed with its own shift
-
 def _area_pixels(target, thr):
     "Flat indices `(n,)` of the pixels of `target (B, K, N)` above `thr`, found block by block: a keypoint area is a few pixels."
     bs = math.gcd(target.shape[-1], 128)
@@ -73,6 +71,9 @@ def _area_pixels(target, thr):
     blocks = (x.amax(-1) > thr).nonzero().squeeze(1)                   # the blocks that hold any of them
     b, i = (x[blocks] > thr).nonzero(as_tuple=True)
     return blocks[b] * bs + i
+
+# %% ../nbs/04_losses.ipynb #cf1ca2e0
+_TINY = 1e-30   # a region sum below this (float32 normals end near 1e-38) is recomputed with its own shift
 
 def _region_sums(x, mf, direct):
     "Sums of `x (B, K, N)` inside (`mf` = 1) and outside the keypoint area: `(B, K, 2)`."
@@ -123,39 +124,44 @@ def _shifted(s, t, mf, has, T):
     D = _region_sums(torch.sub(t, s).mul_(Et), mf, direct)             # sum over each region of E_t (t - s)
     return Es, Et, Ss, St, log_mass(Ss, shs), log_mass(St, sht), c, D
 
+# %% ../nbs/04_losses.ipynb #b870f734
 def _softmaxed(s, t, idx, rows, has, T):
-    """The usual case, each area holding between 1e-30 and half of its heatmap's mass: `E` are the softmaxes and their region
-    sums the masses, the area's read at its few pixels `idx` (flat, of the joints `rows`). None in any other case."""
-    if not bool(has[..., 1].all()): return None
+    """The usual case, each area a few pixels `idx` (flat, of the joints `rows`) holding between 1e-30 and half of its heatmap's mass:
+    `E` are the softmaxes and their region sums the masses, the area's read at its pixels. None if a mass is outside that range."""
+    (B, K), N, n = has.shape[:-1], s.shape[-1], len(idx)
     zs, zt = (x if T == 1 else x * (1 / T) for x in (s, t))
-    ps, pt = F.softmax(zs, -1), F.softmax(zt, -1)
-    area_sum = lambda v: ps.new_zeros(has.shape[:-1]).view(-1).index_add_(0, rows, v).view(*has.shape[:-1], 1)
-    inside = lambda x: x.reshape(-1).index_select(0, idx)
-    ptA = inside(pt)
-    PsA, PtA = area_sum(inside(ps)), area_sum(ptA)                                           # (B, K, 1)
-    PA = torch.cat([PsA, PtA], -1)
-    if not bool(((PA <= .5) & ((PA >= _TINY) | ~has[..., :1])).all()): return None
-    both = has.all(-1, keepdim=True)
-    lps, lpt = (torch.where(both, torch.cat([P.log(), torch.log1p(-P)], -1), 0.) for P in (PsA, PtA))  # P_N = 1 - P_A >= 1/2
-    # the log-sum-exps over all pixels differ by the maxes' difference and the log of the peaks' probabilities' ratio
-    dtot = zt.amax(-1, keepdim=True) - zs.amax(-1, keepdim=True) + torch.log(ps.amax(-1, keepdim=True) / pt.amax(-1, keepdim=True))
-    c = torch.where(has, lpt - lps + dtot, 0.)
-    DA = area_sum(ptA * (inside(t) - inside(s)))
-    D = torch.cat([DA, torch.sub(t, s).mul_(pt).sum(-1, keepdim=True) - DA], -1)
-    Ss, St = (torch.where(has, torch.cat([P, 1 - P], -1), 1.) for P in (PsA, PtA))
-    return ps, pt, Ss, St, lps, lpt, c, D
+    pt = F.softmax(zt, -1)
+    q = torch.sub(t, s).mul_(pt)
+    Dt = q.sum(-1, keepdim=True)                                       # sum over all pixels of E_t (t - s)
+    ps = torch.softmax(zs, -1, out=q)                                  # into q's memory: one full-size buffer fewer
+    # a pixel j per joint (its area's first, else its first) gives the log-sum-exps as z_j - log p_j
+    j = torch.arange(0, B * K * N, N, device=idx.device).scatter_reduce_(0, rows, idx, 'amin', include_self=False)
+    at = torch.cat([idx, j])
+    sv, tv, psv, ptv = (x.reshape(-1).index_select(0, at) for x in (s, t, ps, pt))
+    pj = torch.stack([psv[n:], ptv[n:]], -1).view(B, K, 2)
+    area = torch.stack([psv[:n], ptv[:n], ptv[:n] * (tv[:n] - sv[:n])], -1)
+    PA, DA = s.new_zeros(B * K, 3).index_add_(0, rows, area).view(B, K, 3).split(2, -1)   # masses (s, t) and D in the area
+    if not bool(((PA <= .5) & ((PA >= _TINY) | ~has[..., :1]) & (pj >= _TINY)).all()): return None
+    lp = torch.where(has.all(-1)[..., None, None], torch.stack([PA.log(), torch.log1p(-PA)], -1), 0.)  # (B, K, s/t, A/N)
+    dtot = (tv[n:] - sv[n:]).view(B, K, 1) / T + torch.log(pj[..., :1] / pj[..., 1:])  # the log-sum-exps over all pixels, t - s
+    S = torch.where(has[..., None, :], torch.stack([PA, 1 - PA], -1), 1.)
+    (lps, lpt), (Ss, St) = lp.unbind(2), S.unbind(2)
+    return ps, pt, Ss, St, lps, lpt, torch.where(has, lpt - lps + dtot, 0.), torch.cat([DA, Dt - DA], -1)
 
 class _DecoupledKL(torch.autograd.Function):
-    "BiKD, KAD, NAD `(B, K, 3)` (before the T² factor) from student and teacher heatmaps `s, t (B, K, N)` and the flat indices `idx` of the keypoint area."
+    "BiKD, KAD, NAD `(B, K, 3)` (before the T² factor) from student and teacher heatmaps `s, t (B, K, H, W)` and the flat indices `idx` of the keypoint area."
     @staticmethod
     def forward(ctx, s, t, idx, T):
-        B, K, N = s.shape
+        ctx.shape, (B, K) = s.shape, s.shape[:2]
+        s, t = s.reshape(B, K, -1), t.reshape(B, K, -1)
+        N = s.shape[-1]
         rows = idx // N                                                    # each area pixel's joint, in (B·K,)
         cnt = torch.bincount(rows, minlength=B * K).view(B, K)
         has = torch.stack([cnt > 0, cnt < N], -1)                        # (B, K, 2): the area / the rest is not empty
         # E_x (B, K, N) and its region sums S_x (B, K, 2): E_x / S_x is x's distribution renormalised in each region;
         # log masses (B, K, 2); c: differences of the regions' log-sum-exps, t - s; D: sums over each region of E_t (t - s)
-        Es, Et, Ss, St, lps, lpt, c, D = _softmaxed(s, t, idx, rows, has, T) or _shifted(s, t, _mask(s, idx), has, T)
+        fast = _softmaxed(s, t, idx, rows, has, T) if bool((cnt <= N // 8).all()) else None   # areas of a few pixels
+        Es, Et, Ss, St, lps, lpt, c, D = fast or _shifted(s, t, _mask(s, idx), has, T)
         Ps, Pt = torch.where(has, lps.exp(), 0.), torch.where(has, lpt.exp(), 0.)
         ell = torch.where(has, lpt - lps, 0.)
         bikd = (Pt * ell).sum(-1)
@@ -175,16 +181,20 @@ class _DecoupledKL(torch.autograd.Function):
         inside = lambda x: x.reshape(-1).index_select(0, idx)               # at the area's pixels
         area = lambda a: a[..., 0].reshape(-1).index_select(0, rows)        # a joint's area value, at each of its pixels
         gs = gt = None
+        # the gradients are new tensors shaped like the inputs (not views: autograd adds the pose loss's to them in place);
         # every pixel gets the rest's formula, then the area's few pixels are overwritten with theirs
+        new = lambda: Es.new_empty(ctx.shape)
         if ctx.needs_input_grad[0]:   # d/ds_i = E_s u - E_t v, with u, v constant per region
             u = torch.where(has, (gB * (Ps - Pt) + gR) / (T * Ss), 0.)
-            gs = torch.mul(Es, u[..., 1:]).addcmul_(Et, v[..., 1:], value=-1)
+            gs = new()
+            torch.mul(Es, u[..., 1:], out=gs.view(Es.shape)).addcmul_(Et, v[..., 1:], value=-1)
             gs.view(-1)[idx] = inside(Es) * area(u) - inside(Et) * area(v)
         if ctx.needs_input_grad[1]:   # d/dt_i = E_t ((t_i - s_i) v / T + w)
-            d = torch.sub(*st[::-1])
             w = torch.where(has, (Pt * (ell - bikd[..., None]) * gB - gR * (c + kl)) / (T * St), 0.)
+            gt = new()
+            d = torch.sub(*st[::-1], out=gt.view(Es.shape))
             dA = inside(d)
-            gt = d.mul_(v[..., 1:] / T).add_(w[..., 1:]).mul_(Et)
+            d.mul_(v[..., 1:] / T).add_(w[..., 1:]).mul_(Et)
             gt.view(-1)[idx] = inside(Et) * (dA * area(v) / T + area(w))
         return gs, gt, None, None
 
@@ -205,9 +215,9 @@ def decoupled_kd(student, teacher, target, target_weight=None, T=1., thr=.5):
     B, K = student.shape[:2]
     with torch.autocast(student.device.type, enabled=False):
         dt = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
-        s, t = student.reshape(B, K, -1).to(dt), teacher.reshape(B, K, -1).to(dt)
         idx = _area_pixels(target.detach().reshape(B, K, -1), thr)     # the keypoint areas, as flat pixel indices
-        r = _DecoupledKL.apply(s, t, idx, float(T)) * (T * T)
+        r = _DecoupledKL.apply(student.to(dt), teacher.to(dt), idx, float(T))
+        if T != 1: r = r * (T * T)
         if tw is not None: r = torch.where((tw > 0)[..., None], r, 0.)
     return dict(zip(TERMS, r.unbind(-1)))
 
@@ -232,18 +242,26 @@ def decoupled_distributions(student, teacher, target, T=1., thr=.5):
 
 # %% ../nbs/04_losses.ipynb #bf682a73
 def joint_mean(x, target_weight=None):
-    "Mean of `x (B, K)` over the labelled joints of each sample, each scaled by its target weight: `(B,)`, 0 for a sample with none."
-    if target_weight is None: return x.mean(-1)
-    tw = target_weight.reshape(x.shape).to(x.dtype)
-    return (x * tw).sum(-1) / (tw > 0).sum(-1).clamp(min=1)
+    "Mean of `x (B, K, ...)` over the labelled joints of each sample, each scaled by its target weight: `(B, ...)`, 0 for a sample with none."
+    if target_weight is None: return x.mean(1)
+    tw = target_weight.reshape(*x.shape[:2], *[1] * (x.ndim - 2)).to(x.dtype)
+    return (x * tw).sum(1) / (tw > 0).sum(1).clamp(min=1)
 
 # %% ../nbs/04_losses.ipynb #88029ed0
-def _avg_pool(x, f:int):
-    "Means of `x (B, C, H, W)` over `f × f` blocks; a block cut by the border averages the pixels it has."
-    B, C, H, W = x.shape
-    if f == 1: return x
-    if H % f or W % f: return F.avg_pool2d(x, f, ceil_mode=True)
-    return x.reshape(B, C, H // f, f, W).mean(3).reshape(B, C, H // f, W // f, f).mean(-1)   # rows, then columns: ~2× avg_pool2d's speed
+def _avg_pool(xs, f:int):
+    "Means of each `x (B, C, H, W)` of `xs` over `f × f` blocks, concatenated along the channels; a block cut by the border averages the pixels it has."
+    B, C, H, W = xs[0].shape
+    if f == 1: return torch.cat(xs, 1)
+    if H % f or W % f: return torch.cat([F.avg_pool2d(x, f, ceil_mode=True) for x in xs], 1)
+    # sum each block's f rows, then average its columns with a (W, W / f) matrix: about half avg_pool2d's time on a CPU
+    P = (torch.arange(W, device=xs[0].device)[:, None] // f == torch.arange(W // f, device=xs[0].device)) / (f * f)
+    grad, h, pooled = torch.is_grad_enabled() and any(x.requires_grad for x in xs), None, []
+    for x in xs:                                                       # without a graph, the row sums share one buffer
+        rows = x.reshape(B, C, H // f, f, W).unbind(3)
+        h = torch.add(rows[0], rows[1], out=h if not grad and h is not None and h.dtype == x.dtype else None)
+        for r in rows[2:]: h.add_(r)
+        pooled.append(h @ P.to(h.dtype))
+    return torch.cat(pooled, 1)
 
 class _BatchNorm2d(nn.BatchNorm2d):
     "`BatchNorm2d` that, in training, normalises a lone value per channel (one sample, a 1×1 map) with its running statistics instead of failing."
@@ -291,13 +309,26 @@ class WeightNet(nn.Module):
         v = torch.cat([terms[n].reshape(-1, K) for n in TERMS], 1)
         if self.detach: student, teacher, v = student.detach(), teacher.detach(), v.detach()
         f = self.pool_factor(student.shape[-2])
-        x = torch.cat([_avg_pool(student, f), _avg_pool(teacher, f)], 1).to(self.fc1.weight.dtype)   # any float heatmaps
+        x = _avg_pool([student, teacher], f).to(self.fc1.weight.dtype)   # any float heatmaps
+        x = x.contiguous(memory_format=torch.channels_last)   # oneDNN's CPU convolutions: ~1.4× faster than channels-first
         h = torch.cat([self.features(x).float(), v.float()], 1)
         return self.fc2(self.act(self.fc1(h))).float()
 
     def forward(self, student, teacher, terms): return self.log_weights(student, teacher, terms).exp()
 
 # %% ../nbs/04_losses.ipynb #92b74711
+class _Tap(torch.autograd.Function):
+    "The identity, whose backward pass shows the gradient to `record` and passes it on as it is (not a view, so autograd can add to it in place)."
+    @staticmethod
+    def forward(ctx, x, record):
+        ctx.record = record
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.record(g)
+        return g, None
+
 def _sample_mean(x, ok):
     "Mean of `x (B, ...)` over the samples where `ok (B,)`, 0 when there is none."
     okf = ok.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
@@ -347,9 +378,7 @@ class DistillLoss(nn.Module):
                 norms[key] = torch.linalg.vector_norm(g.detach(), dtype=torch.float32)
                 if len(norms) == 2: last['kd_grad'] = norms['kd'] / norms['pose'].clamp(min=1e-30)   # a loss scale cancels
             return record
-        sp, sk = s.view_as(s), s.view_as(s)
-        sp.register_hook(hook('pose')); sk.register_hook(hook('kd'))
-        return sp, sk
+        return _Tap.apply(s, hook('pose')), _Tap.apply(s, hook('kd'))
 
 class FPDLoss(DistillLoss):
     "Fast Pose Distillation: the KD term is the target-weighted MSE between student and teacher heatmaps."
@@ -391,15 +420,13 @@ class ADPDLoss(DistillLoss):
     def kd(self, student, teacher, target, tw):
         terms = decoupled_kd(student, teacher, target, tw, self.T, self.thr)
         lw = self.log_weights(self.weight_net.log_weights(student, teacher, terms))   # (B, 3)
-        L = torch.stack([joint_mean(terms[n], tw) for n in TERMS], -1)                # (B, 3)
-        ok = (tw > 0).any(-1)
+        L = joint_mean(torch.stack([terms[n] for n in TERMS], -1), tw)                 # (B, 3)
         w = lw.exp()
-        per_sample = w * L - lw                                                         # the ADPD objective, as logged
-        if self.bound:   # same value; gradients: student ← w (constant)·∂L, weight net ← ∂w·L/mean(L) - ∂log w
-            Lr = (L / L.mean(-1, keepdim=True).clamp(min=1e-12)).detach()
-            per_sample = w.detach() * L + (w - w.detach()) * Lr - lw
-        per_term = _sample_mean(per_sample, ok)                                         # (3,)
-        wm, Lm = _sample_mean(w, ok), _sample_mean(L, ok)
+        if self.bound:   # the ADPD objective's value; gradients: student ← w (constant)·∂L, weight net ← ∂w·L/mean(L) - ∂log w
+            wc, Lr = w.detach(), (L / L.mean(-1, keepdim=True).clamp(min=1e-12)).detach()
+            per_sample = wc * L + (w - wc) * Lr - lw
+        else: per_sample = w * L - lw                                                   # the ADPD objective
+        per_term, wm, Lm = _sample_mean(torch.stack([per_sample, w, L], 1), (tw > 0).any(-1)).unbind(0)   # (3,) each
         return per_term.sum(), {**dict(zip(TERMS, Lm)), **{f'w_{n}': wm[i] for i, n in enumerate(TERMS)}}
 
 # %% ../nbs/04_losses.ipynb #dbaaba63
@@ -416,6 +443,5 @@ class DKDLoss(DistillLoss):
 
     def kd(self, student, teacher, target, tw):
         terms = decoupled_kd(student, teacher, target, tw, self.T, self.thr)
-        L = torch.stack([joint_mean(terms[n], tw) for n in TERMS], -1)                # (B, 3)
-        Lm = _sample_mean(L, (tw > 0).any(-1))                                          # (3,)
+        Lm = _sample_mean(joint_mean(torch.stack([terms[n] for n in TERMS], -1), tw), (tw > 0).any(-1))   # (3,)
         return (Lm * Lm.new_tensor(self.weights)).sum(), dict(zip(TERMS, Lm))

@@ -1,5 +1,5 @@
-"""Speed and memory of the decoupled KD terms: adpd's `decoupled_kd` against a loop over joints structured like the
-published ADPD loss and against the pose MSE, side by side in one run.
+"""Speed and memory of the KD losses: adpd's `decoupled_kd` against a loop over joints structured like the published ADPD
+loss, and the whole losses against the pose MSE, side by side in one run.
 
     python bench/bench_losses.py [--batch 32] [--joints 17] [--size 64 48] [--T 1] [--reps 15] [--threads 1]
 
@@ -8,8 +8,13 @@ Times forward + backward (gradient w.r.t. the student) of:
   loop         the structure of the published code, written here: a Python loop over joints, each batched over samples,
                masked softmaxes made by subtracting 1000 from the logits outside the region, `log(p + 1e-12)`;
   mse          `JointsMSELoss` (the HRNet pose loss);
-  and, for information, the whole `ADPDLoss` (MSE + terms + weight net) and `KLPoseLoss`.
-Each round runs every method once, in turn, so the ratios compare like with like on a shared machine; medians are printed.
+  the whole losses as training uses them, each the MSE plus its KD term plus the `kd_grad` diagnostic:
+  ADPDLoss (all)   the decoupled terms, the weight net (pooled heatmaps, convolutions, both linear layers) and its objective;
+  DKDLoss (all)    the decoupled terms with fixed weights (ADPD without the weight net);
+  KLPoseLoss (all) the classic spatial-softmax KL;
+  and, to break ADPD down, `weight net` alone (`WeightNet.log_weights` on the detached heatmaps and terms, as ADPD runs it).
+Each round runs every method once, in turn, so the ratios compare like with like on a shared machine; medians are printed,
+and the line `ratio ADPDLoss (all) / JointsMSELoss: <x>` (the target is 5 or less).
 
 Memory, two ways, for each method's forward + backward on float32 CPU tensors:
   saved   bytes of the distinct tensors autograd keeps for the backward pass (`saved_tensors_hooks`, by storage);
@@ -21,7 +26,7 @@ import argparse, ctypes, gc, json, statistics, subprocess, sys, time
 import torch
 import torch.nn.functional as F
 from adpd.transforms import encode_heatmaps
-from adpd.losses import TERMS, decoupled_kd, JointsMSELoss, ADPDLoss, KLPoseLoss
+from adpd.losses import TERMS, decoupled_kd, JointsMSELoss, ADPDLoss, DKDLoss, KLPoseLoss
 
 def loop_over_joints(student, teacher, target, target_weight, T=1., thr=.5, eps=1e-12, big=1000.):
     "BiKD, KAD, NAD `(B, K)` the way the published loss is structured: one joint at a time, additive -1000 masks, eps in logs."
@@ -76,13 +81,16 @@ def setup(a):
     target, tw = encode_heatmaps(kp, vis, (W, H))
     teacher = target + .05 * torch.randn(target.shape, generator=g)
     student0 = target + .1 * torch.randn(target.shape, generator=g)
-    mse, adpd, klp = JointsMSELoss(), ADPDLoss(K, T=a.T, thr=a.thr), KLPoseLoss(T=a.T)
+    mse, adpd, dkd, klp = JointsMSELoss(), ADPDLoss(K, T=a.T, thr=a.thr), DKDLoss(T=a.T, thr=a.thr), KLPoseLoss(T=a.T)
+    terms = decoupled_kd(student0, teacher, target, tw, T=a.T, thr=a.thr)
     forwards = {
         'adpd': lambda s: terms_loss(decoupled_kd(s, teacher, target, tw, T=a.T, thr=a.thr)),
         'loop': lambda s: terms_loss(loop_over_joints(s, teacher, target, tw, T=a.T, thr=a.thr)),
         'mse': lambda s: mse(s, target, tw),
         'ADPDLoss (all)': lambda s: adpd(s, teacher, target, tw),
+        'DKDLoss (all)': lambda s: dkd(s, teacher, target, tw),
         'KLPoseLoss (all)': lambda s: klp(s, teacher, target, tw),
+        'weight net': lambda s: adpd.weight_net.log_weights(s, teacher, terms).sum(),
     }
     def step(f):
         s = student0.clone().requires_grad_()
@@ -123,12 +131,13 @@ def main():
             t0 = time.perf_counter(); step(f); times[n].append(time.perf_counter() - t0)
     med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
 
-    print(f"decoupled KD terms, forward + backward, B={B} K={K} {H}x{W} float32 CPU, {a.threads} thread(s), "
+    print(f"KD losses, forward + backward, B={B} K={K} {H}x{W} float32 CPU, {a.threads} thread(s), "
           f"T={a.T} thr={a.thr}, median of {a.reps} interleaved rounds")
     print(f"  max |adpd - loop|: terms {diff:.2e}, student gradients {gdiff:.2e}")
     for n, v in med.items(): print(f"  {n:>17}: {v:8.2f} ms")
     print(f"  ratio adpd / loop over joints: {med['adpd'] / med['loop']:.3f}x   (target <= 0.5x)")
     print(f"  ratio adpd / JointsMSELoss:    {med['adpd'] / med['mse']:.3f}x   (target <= 4x)")
+    print(f"ratio ADPDLoss (all) / JointsMSELoss: {med['ADPDLoss (all)'] / med['mse']:.2f}")
 
     print("memory, forward + backward (MiB): saved for backward | peak RSS growth over the inputs")
     try:

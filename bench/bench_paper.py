@@ -59,7 +59,7 @@ def run(out, resume, n_images, epochs, seeds, smoke):
         t = time.time()
         r = train_cohort(c, out / f'seed{seed}', Runtime(out=str(out), resume=resume, bar=False), 
                          lambda: pose_dls(tr, va, bs=c.bs), make_students, teacher, evaluate=evaluate, eval_every=1,
-                         name=f'paper cohort (seed {seed})', card=dict(model=arch, image_size=BENCH['image_size']))
+                         name=f'paper cohort (seed {seed})', part=True, card=dict(model=arch, image_size=BENCH['image_size']))
         times[seed] = dict(wall_s=round(time.time() - t, 1), train_s=r['train_time'])
         last = r['history'][-1]
         for n, m in r['members'].items():
@@ -111,6 +111,8 @@ def main():
     p.add_argument('--resume', action='store_true'); p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
     t0 = time.time()
+    git = lambda *args: subprocess.run(['git', *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit, dirty = git('rev-parse', 'HEAD'), bool(git('status', '--porcelain', '--', 'adpd'))   # the code this run imports
     n_images, epochs, seeds = (40, 1, (100,)) if a.smoke else (BENCH['n_images'], PROTOCOL['epochs'], PROTOCOL['seeds'])
     out = Path(a.out).absolute()
     res = out / 'smoke-results' if a.smoke else Path(a.results)       # a smoke run never overwrites the committed results
@@ -120,9 +122,7 @@ def main():
     plot(curves, res / 'curves.png', epochs)
     md = report(rows, seeds, base.shipped['metrics']['AP'])
     (res / 'results.md').write_text(md + '\n')
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', 'adpd'], capture_output=True, text=True).stdout.strip())
-    meta = dict(command=' '.join(['python', *sys.argv]), commit=commit, package_modified_since_commit=dirty, protocol=PROTOCOL,
+    meta = dict(command=' '.join(['python', *sys.argv]), commit=commit, package_modified_at_start=dirty, protocol=PROTOCOL,
                 members=[n for n, _ in MEMBERS], machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads", train_people=len(tr), valid_people=len(va),
                 times=times, wall_s=round(time.time() - t0, 1), date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))

@@ -2,6 +2,7 @@
 import pytest, torch
 import torch.nn as nn
 import torch.nn.functional as F
+import adpd.losses as losses
 from adpd.transforms import encode_heatmaps
 from adpd.losses import (TERMS, JointsMSELoss, decoupled_kd, decoupled_distributions, pose_kl, joint_mean, WeightNet,
                          ADPDLoss, DKDLoss, FPDLoss, KLPoseLoss)
@@ -56,6 +57,82 @@ def test_decoupled_kd_matches_loop_reference_and_kl_identity(T, thr):
     assert r['KAD'][1, 2] == 0 and r['BiKD'][1, 2] == 0 and r['NAD'][1, 2] > 0
     assert r['NAD'][2, 4] == 0 and r['BiKD'][2, 4] == 0 and r['KAD'][2, 4] > 0
     assert all(r[n][0, 1] == 0 and r[n][2, 3] == 0 for n in TERMS)
+
+# --- the two ways of computing the terms: small areas read at their pixels (the usual case), any area with masks --------
+def usual_batch(B=4, K=6, H=16, W=12, seed=0, noise_t=.3, noise_s=.5):
+    "Gaussian targets, some joints unlabelled (zero target, target weight 0), one out of the crop (no area, labelled)."
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(B, K, 2, generator=g) * torch.tensor([W - 1., H - 1.])
+    vis = torch.ones(B, K); vis[0, 1] = vis[2, 3] = 0
+    target, tw = encode_heatmaps(kp, vis, (W, H))
+    target[1, 2] *= .25                     # no pixel above thr, target weight 1
+    teacher = target + noise_t * torch.randn(target.shape, generator=g)
+    student = target + noise_s * torch.randn(target.shape, generator=g)
+    return student, teacher, target, tw
+
+@pytest.fixture
+def paths(monkeypatch):
+    "Which way each `decoupled_kd` call went: 'small' (the areas read at their pixels) or 'general' (masks)."
+    taken, small, general = [], losses._softmaxed, losses._shifted
+    def spy_small(*a):
+        r = small(*a)
+        if r is not None: taken.append('small')
+        return r
+    def spy_general(*a): taken.append('general'); return general(*a)
+    monkeypatch.setattr(losses, '_softmaxed', spy_small); monkeypatch.setattr(losses, '_shifted', spy_general)
+    return taken
+
+def general_only(monkeypatch): monkeypatch.setattr(losses, '_softmaxed', lambda *a: None)
+
+@pytest.mark.parametrize('T', [.5, 1., 2.])
+def test_small_area_path_matches_the_reference_and_the_general_path(T, paths, monkeypatch):
+    s, t, target, tw = usual_batch(seed=int(T * 10))
+    sp, tp = s.clone().requires_grad_(), t.clone().requires_grad_()
+    wts = torch.rand(4, 6, 3)
+    r = decoupled_kd(sp, tp, target, tw, T=T)
+    (stacked(r) * wts).sum().backward()
+    assert paths == ['small']
+    ref, _ = reference(s, t, target, tw, T, .5)
+    torch.testing.assert_close(stacked(r).detach().double(), ref, atol=1e-5, rtol=0)
+    assert all(r[n][0, 1] == 0 and r[n][2, 3] == 0 for n in TERMS) and r['KAD'][1, 2] == 0 and r['NAD'][1, 2] > 0
+    general_only(monkeypatch)
+    sg, tg = s.clone().requires_grad_(), t.clone().requires_grad_()
+    rg = decoupled_kd(sg, tg, target, tw, T=T)
+    (stacked(rg) * wts).sum().backward()
+    torch.testing.assert_close(stacked(r), stacked(rg), atol=1e-6, rtol=1e-5)
+    for a, b in ((sp.grad, sg.grad), (tp.grad, tg.grad)):   # float32 gradients: differences of two products, to ~1e-6 of their scale
+        torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=1e-4)
+    assert sp.grad[0, 1].abs().max() == 0 and sp.grad.isfinite().all() and tp.grad.isfinite().all()
+
+def test_small_area_path_gradients_match_finite_differences(paths):
+    s, t, target, tw = usual_batch(B=3, K=4, H=16, W=12, seed=3)
+    s64, t64 = s.double().requires_grad_(), t.double().requires_grad_()
+    for T in (.7, 2.):
+        assert torch.autograd.gradcheck(lambda a, b: stacked(decoupled_kd(a, b, target, tw, T=T)), (s64, t64), fast_mode=True)
+    assert paths and set(paths) == {'small'}
+
+def test_the_general_path_takes_what_the_small_area_path_cannot(paths):
+    s, t, target, tw = usual_batch(seed=4)
+    for T, area in ((.05, target), (1., target.clamp(min=.6))):   # the area holds most of the mass; every pixel in the area
+        r = decoupled_kd(s, t, area, tw, T=T)
+        ref, _ = reference(s, t, area, tw, T, .5)
+        torch.testing.assert_close(stacked(r).double(), ref, atol=1e-5 * max(1., float(ref.abs().max())), rtol=1e-5)
+    assert paths == ['general', 'general']
+
+@pytest.mark.parametrize('size', [(64, 48), (17, 13), (3, 5)])
+def test_area_pixels_are_the_pixels_above_thr(size):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 5, size[0] * size[1], generator=g) ** 8
+    x[1, 2] = 0; x[2, 0] = 1
+    for thr in (.1, .5, .9):
+        torch.testing.assert_close(losses._area_pixels(x, thr), (x > thr).flatten().nonzero().squeeze(1))
+
+def test_bench_sized_batch_reads_the_area_at_its_pixels(paths):
+    g = torch.Generator().manual_seed(0)
+    kp = torch.rand(32, 17, 2, generator=g) * torch.tensor([47., 63.])
+    target, tw = encode_heatmaps(kp, (torch.rand(32, 17, generator=g) > .1).float(), (48, 64))
+    decoupled_kd(target + .1 * torch.randn(target.shape, generator=g), target + .05 * torch.randn(target.shape, generator=g), target, tw)
+    assert paths == ['small']
 
 def test_without_target_weight_every_joint_counts():
     s, t, target, tw = make_batch()
@@ -308,6 +385,37 @@ def test_kd_grad_needs_a_graph_and_belongs_to_its_own_forward():
     out.backward()
     assert 'kd_grad' not in loss.last                                 # the late backward writes into its own forward's record
 
+# --- the weight net's pooling ---------------------------------------------------------------------------------------------
+def test_weight_net_pools_its_heatmaps_to_a_height_of_at_most_16():
+    net = WeightNet(5)
+    assert [net.pool_factor(h) for h in (64, 48, 32, 24, 17, 16, 8)] == [4, 3, 2, 2, 2, 1, 1]
+    assert WeightNet(5, faithful=True).pool_factor(64) == 1 and WeightNet(5, pool=2).pool_factor(64) == 2
+    assert ADPDLoss(5).weight_net.pool_factor(64) == 4 and ADPDLoss(5, pool=1).weight_net.pool_factor(64) == 1
+    assert ADPDLoss(5, faithful=True).weight_net.pool_factor(64) == 1
+    seen = []
+    net.features[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    s, t = torch.rand(2, 5, 64, 48), torch.rand(2, 5, 64, 48)
+    terms = {n: torch.rand(2, 5) for n in TERMS}
+    nn.init.normal_(net.fc2.weight, std=.1)
+    w = net(s, t, terms)
+    assert seen == [(2, 10, 16, 12)]
+    full = WeightNet(5, pool=1); full.load_state_dict(net.state_dict())     # the same net on heatmaps pooled beforehand
+    torch.testing.assert_close(full(F.avg_pool2d(s, 4), F.avg_pool2d(t, 4), terms), w)
+    odd = WeightNet(5, pool=3); odd.load_state_dict(net.state_dict())       # a block cut by the border averages what it has
+    s7, t7 = torch.rand(2, 5, 17, 13), torch.rand(2, 5, 17, 13)
+    torch.testing.assert_close(odd(s7, t7, terms), full(F.avg_pool2d(s7, 3, ceil_mode=True), F.avg_pool2d(t7, 3, ceil_mode=True), terms))
+
+@pytest.mark.parametrize('pool', [0, -1, 2.5, True, 'full', None])
+def test_weight_net_rejects_a_bad_pool(pool):
+    with pytest.raises(ValueError, match="WeightNet: pool must be 'auto' or an int >= 1"): WeightNet(5, pool=pool)
+
+def test_weight_net_trains_on_a_single_sample_with_tiny_heatmaps():
+    net = WeightNet(3).train()
+    s = torch.rand(1, 3, 4, 4, requires_grad=True)                          # 4x4 -> 2x2 -> 1x1: one value per channel
+    w = net(s, torch.rand(1, 3, 4, 4), {n: torch.rand(1, 3) for n in TERMS})
+    w.sum().backward()
+    assert w.shape == (1, 3) and w.isfinite().all()
+
 # --- DKD: the decoupled terms with fixed weights ----------------------------------------------------------------------
 def test_dkd_is_the_weighted_sum_of_the_term_means_and_fresh_unbounded_adpd():
     s, t, target, tw = make_batch(K=6, seed=5)
@@ -412,3 +520,16 @@ def test_adpd_takes_any_float_dtype(dt):
     ref = ADPDLoss(17)(s, t, tg)
     got = ADPDLoss(17)(s.to(dt), t.to(dt), tg.to(dt))
     assert torch.isfinite(got) and float(got) == pytest.approx(float(ref), rel=.05)
+
+@pytest.mark.parametrize('detach', [True, False])
+def test_adpd_takes_a_half_precision_student_with_a_float_teacher(detach):
+    "Under mixed precision the student's heatmaps arrive in bf16/fp16 and the teacher's as float32 (cast before the loss)."
+    torch.manual_seed(0)
+    s, t, tg = torch.randn(2, 17, 64, 48), torch.randn(2, 17, 64, 48), torch.rand(2, 17, 64, 48)
+    ref = ADPDLoss(17, detach=detach)(s, t, tg)
+    sb = s.bfloat16().requires_grad_()
+    loss = ADPDLoss(17, detach=detach)
+    got = loss(sb, t, tg)
+    got.backward()
+    assert float(got) == pytest.approx(float(ref), rel=.05) and sb.grad.dtype == torch.bfloat16 and sb.grad.isfinite().all()
+    assert loss.last['kd_grad'].isfinite() and all(p.grad is None or p.grad.isfinite().all() for p in loss.weight_params())

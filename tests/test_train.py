@@ -231,3 +231,12 @@ def test_clear_errors(tmp_path, synth, capsys):
     assert 'detection file not found' in err(coco_args(synth, tmp_path / 'y', '--det-file', str(tmp_path / 'dets.json')))
     assert "model 'resnet_7'" in err(coco_args(synth, tmp_path / 'y', '--student', 'resnet_7', '--kd', 'none'))
     assert not (tmp_path / 'y').exists() or not any((tmp_path / 'y').glob('**/checkpoint.pth'))
+
+def test_coco_recipe_with_dkd(synth, tmp_path):
+    "`--kd dkd` trains with the fixed-weight decoupled terms; `--dkd-weights` reaches the run config and the loss."
+    out = tmp_path / 'dkd'
+    assert main(coco_args(synth, out, '--kd', 'dkd', '--dkd-weights', '1,2,0', '--epochs', '1')) == 0
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['kd'] == 'dkd' and cfg['dkd_weights'] == [1., 2., 0.]
+    head = (out / 'log.csv').read_text().splitlines()[0].split(',')
+    assert {'train_kd', 'kd_grad', 'BiKD', 'KAD', 'NAD'} <= set(head) and not any(h.startswith('w_') for h in head)
