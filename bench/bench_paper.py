@@ -111,7 +111,7 @@ def main():
     p.add_argument('--resume', action='store_true'); p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
     t0 = time.time()
-    git = lambda *args: subprocess.run(['git', *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    git = lambda *args: subprocess.run(['git', *args], capture_output=True, text=True, cwd=Path(__file__).parents[1]).stdout.strip()
     commit, dirty = git('rev-parse', 'HEAD'), bool(git('status', '--porcelain', '--', 'adpd'))   # the code this run imports
     n_images, epochs, seeds = (40, 1, (100,)) if a.smoke else (BENCH['n_images'], PROTOCOL['epochs'], PROTOCOL['seeds'])
     out = Path(a.out).absolute()
