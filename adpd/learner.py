@@ -17,7 +17,7 @@ from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
 from fastai.torch_core import params, to_float, rank_distrib, num_distrib
 from .core import last_heatmaps, heatmap_argmax, unwrap
-from .losses import JointsMSELoss, TERMS, ADPDLoss, DKDLoss, FPDLoss, KLPoseLoss
+from .losses import JointsMSELoss, ADPDLoss, DKDLoss, FPDLoss, KLPoseLoss
 
 # %% auto #0
 __all__ = ['KD_KINDS', 'pose_loss', 'pck_counts', 'member_pred', 'PCK', 'pose_learner', 'DistillCallback', 'make_kd_loss',
@@ -70,6 +70,10 @@ def pose_learner(dls, model, loss_func=pose_loss, metrics=None, **kwargs) -> Lea
     return Learner(dls, model, loss_func=loss_func, metrics=[PCK()] if metrics is None else metrics, **kwargs)
 
 # %% ../nbs/06_learner.ipynb #1906c180
+def _column(k):
+    "The recorder column of a value `k` a KD loss reports: the loss terms as `train_pose`, `train_kd` (beside fastai's `train_loss`)."
+    return f'train_{k}' if k in ('pose', 'kd') else k
+
 class DistillCallback(Callback):
     """Distil a frozen `teacher` into the learner's model with `kd_loss(student, teacher, hm, tw)`; owns the KD loss and its state.
     The teacher runs once per training batch; the model may be a `Cohort`, whose predictions are a dict of its members'."""
@@ -127,7 +131,7 @@ class DistillCallback(Callback):
 
     def metrics(self):
         "One recorder column per value the KD loss reports."
-        mk = lambda k: ValueMetric(lambda: self.value(k), f'train_{k}' if k in ('pose', 'kd') else k)
+        mk = lambda k: ValueMetric(lambda: self.value(k), _column(k))
         return [mk(k) for k in getattr(self.kd_loss, 'names', ())]
 
 # %% ../nbs/06_learner.ipynb #b975201e
@@ -180,8 +184,6 @@ class PoseOnly(nn.Module):
         loss = pose_loss(student, target, target_weight)
         self.last = dict(pose=loss.detach())
         return loss
-
-def _column(k): return f'train_{k}' if k in ('pose', 'kd') else k
 
 class CohortLoss(nn.Module):
     "A cohort's training loss: the sum of each member's loss (`losses`: name → loss module) on that member's heatmaps."

@@ -387,7 +387,7 @@ class FiniteLossGuard(Callback):
             raise TrainError(f"non-finite training loss on another process in epoch {self.epoch + 1}/{self.n_epoch}, batch "
                              f"{self.iter + 1}/{self.n_iter} (its own message names the term); stopped before this batch's update")
         raise TrainError(f"non-finite training loss ({float(loss):.4g}) in epoch {self.epoch + 1}/{self.n_epoch}, batch {self.iter + 1}/"
-                         f"{self.n_iter}: " + ', '.join(f"{_TERMS.get(k.rpartition('_train_')[2] if '_train_' in k else k, k)} ({k}) is {float(v):.4g}" for k, v in   # the culprits first
+                         f"{self.n_iter}: " + ', '.join(f"{_TERMS.get(k.rpartition('_train_')[2], k)} ({k}) is {float(v):.4g}" for k, v in   # the culprits first
                                                    sorted(self.terms().items(), key=lambda kv: bool(torch.isfinite(kv[1]).all())))
                          + "; stopped before this batch's update: the files written before are unchanged (lower --lr, check the "
                          "teacher's weights and the data, or train in fp32)")
@@ -472,12 +472,16 @@ def _claim(c, run_dir, rt, part):
     finished = rt.resume and done.is_file() and resume_from is not None
     return resume_from, done, read_results(done) if finished else None
 
+def _monitor(during, eval_every, eval_names):
+    "The column a run keeps its best model by: the first evaluation column when it evaluates during training, else `valid_loss`."
+    return eval_names[0] if during is not None and eval_every else 'valid_loss'
+
 def _fit(learn, c, rt, run_dir, resume_from, during, eval_every, eval_names, cbs=(), save_best=True):
     "Precision, evaluation during training, logging, then `fit_run`: the `RunCheckpoint` and the monitored column."
     if c.precision == 'fp16': learn.to_fp16()
     elif c.precision == 'bf16': learn.to_bf16()
     if during is not None and eval_every: with_eval(learn, during, eval_names, eval_every)
-    monitor = eval_names[0] if during is not None and eval_every else 'valid_loss'
+    monitor = _monitor(during, eval_every, eval_names)
     if not rt.bar: learn.logger = _epoch_line(learn)
     set_seed(c.seed)
     with (contextlib.nullcontext() if rt.bar else learn.no_bar()):
@@ -492,6 +496,12 @@ def _save_final(model, run_dir, evaluate, res):
         res['metrics'] = evaluate(model)
         res['eval_time'] = round(time.time() - t, 1)
     return res
+
+def _say_digest(name, model, kd_loss, w0):
+    "In a multi-process run, print this process's digest of `model` and of the KD loss's parameters (initially `w0`): equal on every rank."
+    wp = list(kd_loss.parameters()) if kd_loss is not None else []
+    print(f"rank {rank_distrib()}/{num_distrib()}: {name} student {digest(model.parameters())} weight net "
+          + (f"{digest(wp)} (initially {w0})" if wp else '-'), flush=True)
 
 def _write_results(done, res):
     "Write `results.json` on rank 0; every rank returns rank 0's results."
@@ -525,10 +535,7 @@ def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, tea
     if ck.stopped:
         say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
         return dict(res, model=model, learn=learn)
-    if num_distrib() > 1:
-        wp = list(learn.distiller.kd_loss.parameters()) if kd else []
-        print(f"rank {rank_distrib()}/{num_distrib()}: {name} student {digest(model.parameters())} weight net "
-              + (f"{digest(wp)} (initially {w0})" if wp else '-'), flush=True)
+    if num_distrib() > 1: _say_digest(name, model, learn.distiller.kd_loss if kd else None, w0)
     if rank_distrib() == 0: _save_final(model, run_dir, evaluate, res)
     return dict(_write_results(done, res), model=model, learn=learn)
 
@@ -587,7 +594,7 @@ def train_cohort(config:CohortConfig, run_dir, rt:Runtime, make_dls, make_studen
             atomic_write_text(run_dir / n / 'config.json', json.dumps(dict(card or {}, member=n, kd=kd, cohort=str(run_dir)), indent=1))
     say(f"{name}: {len(kinds)} students ({', '.join(kinds)}), {len(dls.train.dataset)} training samples, {c.epochs} epochs → {run_dir}")
     names = tuple(f'{n}_{k}' for n in kinds for k in eval_names)
-    best = MemberBest(run_dir, eval_names[0] if (during or evaluate) is not None and eval_every else 'valid_loss')
+    best = MemberBest(run_dir, _monitor(during or evaluate, eval_every, eval_names))
     ck, monitor = _fit(learn, c, rt, run_dir, resume_from, _member_evaluator(during or evaluate), eval_every, names, cbs=[best], save_best=False)
     res = dict(name=name, params=sum(n_params(m) for m in students.values()), epochs=c.epochs, kd=c.kd, train_time=round(ck.elapsed, 1),
                monitor=best.monitor, history=ck.history, stopped=ck.stopped,
@@ -596,10 +603,7 @@ def train_cohort(config:CohortConfig, run_dir, rt:Runtime, make_dls, make_studen
         say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
         return dict(res, learn=learn)
     if num_distrib() > 1:
-        for n, m in students.items():
-            wp = list(learn.distiller.kd_loss.losses[n].parameters())
-            print(f"rank {rank_distrib()}/{num_distrib()}: {name} {n} student {digest(m.parameters())} weight net "
-                  + (f"{digest(wp)} (initially {w0[n]})" if wp else '-'), flush=True)
+        for n, m in students.items(): _say_digest(f'{name} {n}', m, learn.distiller.kd_loss.losses[n], w0[n])
     if rank_distrib() == 0:
         for n, m in students.items(): _save_final(m, run_dir / n, evaluate, res['members'][n])
     res = _write_results(done, res)

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastcore.imports import in_ipython
 
 # %% auto #0
-__all__ = ['POS_INT', 'NONNEG_INT', 'POS', 'UNIT', 'OPEN_UNIT', 'KD_KINDS', 'make_parser', 'config_from_args', 'main']
+__all__ = ['POS_INT', 'NONNEG_INT', 'POS', 'UNIT', 'OPEN_UNIT', 'make_parser', 'config_from_args', 'main']
 
 # %% ../nbs/09_train.ipynb #f71190b6
 def _num(kind, ok, what):
@@ -36,8 +36,6 @@ def _size(s):
         raise argparse.ArgumentTypeError(f"{s!r}: write HxW, both positive multiples of 4 (heatmaps are 1/4 of the input), e.g. 256x192")
     return s
 
-KD_KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')   # as adpd.learner's (a test checks): torch is not loaded to parse flags
-
 def _weights3(s):
     "'1,1,1' → (1., 1., 1.): DKD's fixed BiKD, KAD, NAD weights, finite and ≥ 0."
     try: w = tuple(float(x) for x in str(s).split(','))
@@ -47,7 +45,8 @@ def _weights3(s):
     return w
 
 def _kds(s):
-    "'none,adpd' → ('none', 'adpd')."
+    "'none,adpd' → ('none', 'adpd'), kinds of `adpd.learner.KD_KINDS`."
+    from adpd.learner import KD_KINDS     # lazily, as the CLI's other imports of the package: torch loads after `main` set its threads
     kds = tuple(k.strip() for k in str(s).split(',') if k.strip())
     bad = [k for k in kds if k not in KD_KINDS]
     if bad or not kds: raise argparse.ArgumentTypeError(f"{s!r}: unknown {bad}; choose from {', '.join(KD_KINDS)}")
@@ -83,6 +82,7 @@ def _common(p):
 
 def _recipe_parser(sub, name, presets, paper, layout):
     "The `coco` or `mpii` command: flags named as `RecipeConfig`'s fields, defaults from the paper's recipe `paper`."
+    from adpd.learner import KD_KINDS
     p = sub.add_parser(name, help=f"the paper's {name.upper()} recipe", description=f"Train a student (or a teacher with --kd none) on "
                        f"{name.upper()} with the paper's recipe. Data layout: {layout}.")
     p.add_argument('--data-root', required=True, metavar='DIR')
@@ -115,6 +115,7 @@ def _recipe_parser(sub, name, presets, paper, layout):
 def make_parser():
     "The `adpd_train` argument parser."
     from adpd.recipes import PRESETS, PAPER, DemoConfig, QUICK, SHIPPED, WEIGHTS
+    from adpd.learner import KD_KINDS
     p = argparse.ArgumentParser(prog='adpd_train', description='Adaptive Decoupled Pose Knowledge Distillation: train and distil pose models.')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{demo,coco,mpii}')
     D = DemoConfig()

@@ -169,9 +169,8 @@ def _one_sample(x, name, fn='decoupling_data'):
 def _weights(weight_net, s, t, terms):
     """The `(3,)` weights of one sample from a `WeightNet` or an `ADPDLoss` (its bounded weights), in eval mode, without gradients;
     DKD's fixed weights (a `DKDLoss`, or three numbers) as they are."""
-    fixed = getattr(weight_net, 'weights', weight_net)
-    if isinstance(fixed, (tuple, list, np.ndarray)) or (torch.is_tensor(fixed) and not isinstance(weight_net, torch.nn.Module)):
-        return torch.as_tensor(np.asarray(fixed, dtype=np.float32).reshape(3))
+    fixed = getattr(weight_net, 'weights', weight_net)      # ADPDLoss.weights and a WeightNet are callable; DKD's are numbers
+    if not callable(fixed): return torch.as_tensor(np.asarray(fixed, dtype=np.float32).reshape(3))
     dev = next(weight_net.parameters()).device
     f = getattr(weight_net, 'weights', weight_net)
     with eval_mode(weight_net), torch.no_grad(): w = f(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})

@@ -20,6 +20,7 @@ from adpd.data import pose_dls
 from adpd.learner import distill_learner, distill_cohort, KD_KINDS
 from adpd.recipes import bench_data, shipped_model, model_from_name
 from adpd.run import paper_adam
+from adpd.train import POS_INT
 
 def train(make_learner, dls_fn, batches, lr=5e-4):
     "Seed, build the learner on fresh loaders, train `batches` batches; (seconds, the learner)."
@@ -34,8 +35,8 @@ def train(make_learner, dls_fn, batches, lr=5e-4):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--batches', type=int, default=40); p.add_argument('--bs', type=int, default=32)
-    p.add_argument('--rounds', type=int, default=2); p.add_argument('--threads', type=int, default=os.cpu_count())
+    p.add_argument('--batches', type=POS_INT, default=40); p.add_argument('--bs', type=POS_INT, default=32)
+    p.add_argument('--rounds', type=POS_INT, default=2); p.add_argument('--threads', type=POS_INT, default=os.cpu_count())
     p.add_argument('--out', default='bench/results/cohort')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -67,7 +68,7 @@ def main():
     print(f"\n{len(KD_KINDS)} members ({', '.join(KD_KINDS)}), {a.batches} batches of {a.bs}, {a.threads} threads, median of {a.rounds} rounds")
     print(f"  cohort:   {med['cohort']:.1f}s ({med['cohort'] / imgs * 1e3:.1f} ms per training image)")
     print(f"  separate: {med['separate']:.1f}s ({med['separate'] / imgs * 1e3:.1f} ms per training image, all five runs)")
-    print(f"  same students both ways (max relative weight difference, ADPD aside): " + ', '.join(f'{k} {v:.1e}' for k, v in diff.items()))
+    print("  same students both ways (max relative weight difference, ADPD aside): " + ', '.join(f'{k} {v:.1e}' for k, v in diff.items()))
     print(f"ratio separate / cohort (wall time): {ratio:.2f}")
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     (out / 'results.csv').write_text('round,way,seconds\n' + ''.join(f'{i + 1},{w},{t:.2f}\n' for w, ts in times.items() for i, t in enumerate(ts)))

@@ -2,7 +2,7 @@
 trained shipped student over a whole schedule, as one cohort per seed (same start, same batches, one teacher pass).
 
     python bench/bench_paper.py [--out runs/bench-paper] [--results bench/results/paper] [--resume]
-    python bench/bench_paper.py --smoke      # 40 images, one epoch, one seed: checks the script (results in OUT/smoke-results)
+    python bench/bench_paper.py --smoke      # 40 images, one epoch, one seed: checks the script (runs/bench-paper-smoke)
 
 The published protocol distils into a student that was trained on its own first (the official ADPD MPII config starts
 its ShuffleNetV2 from the student's own checkpoint; FPD's best MPII row is its pretrained student) and trains for the
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from adpd.data import pose_dls
 from adpd.evaluate import coco_evaluate
-from adpd.run import Runtime, train_cohort, say
+from adpd.run import Runtime, TrainError, train_cohort, say
 from adpd.recipes import BENCH, SHIPPED, DemoCohort, bench_data, shipped_model, model_from_name, paired_diffs, mean_std
 
 MEMBERS = (('none', 'none'), ('fpd', 'fpd'), ('kl', 'kl'), ('dkd', 'dkd'), ('adpd', 'adpd'),
@@ -105,18 +105,27 @@ def report(rows, seeds, start_ap):
         out.append(f"| {LABELS[x]} − {LABELS[y]} | {mean_std(d, '{:+.4f}')} | {' '.join(f'{v:+.4f}' for v in d)} |")
     return '\n'.join(out)
 
+def fail(msg) -> int:
+    "One line on stderr naming the problem; exit status 2, as `adpd_train`."
+    print(f"bench_paper: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--out', default='runs/bench-paper'); p.add_argument('--results', default='bench/results/paper')
+    p.add_argument('--out', help='run folder (default runs/bench-paper, runs/bench-paper-smoke with --smoke)')
+    p.add_argument('--results', default='bench/results/paper')
     p.add_argument('--resume', action='store_true'); p.add_argument('--smoke', action='store_true')
     a = p.parse_args()
     t0 = time.time()
     git = lambda *args: subprocess.run(['git', *args], capture_output=True, text=True, cwd=Path(__file__).parents[1]).stdout.strip()
     commit, dirty = git('rev-parse', 'HEAD'), bool(git('status', '--porcelain', '--', 'adpd'))   # the code this run imports
     n_images, epochs, seeds = (40, 1, (100,)) if a.smoke else (BENCH['n_images'], PROTOCOL['epochs'], PROTOCOL['seeds'])
-    out = Path(a.out).absolute()
+    out = Path(a.out or ('runs/bench-paper-smoke' if a.smoke else 'runs/bench-paper')).absolute()
     res = out / 'smoke-results' if a.smoke else Path(a.results)       # a smoke run never overwrites the committed results
-    rows, curves, times, (teacher, base, tr, va) = run(out, a.resume, n_images, epochs, seeds, a.smoke)
+    for flag, d in (('--out', out), ('--results', res)):
+        if d.exists() and not d.is_dir(): return fail(f"{flag} {d}: exists and is not a folder")
+    try: rows, curves, times, (teacher, base, tr, va) = run(out, a.resume, n_images, epochs, seeds, a.smoke)
+    except TrainError as e: return fail(e)
     res.mkdir(parents=True, exist_ok=True)
     write_csv(res / 'results.csv', rows); write_csv(res / 'curves.csv', curves)
     plot(curves, res / 'curves.png', epochs)
@@ -129,4 +138,4 @@ def main():
     (res / 'meta.json').write_text(json.dumps(meta, indent=1) + '\n')
     print('\n' + md + f"\n\nwritten: {res}/results.csv, curves.csv, curves.png, results.md, meta.json ({time.time() - t0:.0f}s)", flush=True)
 
-if __name__ == '__main__': main()
+if __name__ == '__main__': sys.exit(main())

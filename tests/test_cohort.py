@@ -3,10 +3,10 @@ import json, warnings
 import numpy as np, pytest, torch
 from fastai.callback.training import ShortEpochCallback
 from fastai.torch_core import set_seed
-from adpd.learner import distill_cohort, distill_learner, make_kd_loss, KD_KINDS, CohortLoss, PoseOnly
-from adpd.losses import DKDLoss, ADPDLoss
+from adpd.learner import distill_cohort, distill_learner, make_kd_loss, KD_KINDS
+from adpd.losses import DKDLoss
 from adpd.models import TinyPoseNet
-from adpd.run import CohortConfig, Runtime, train_cohort, TrainError
+from adpd.run import CohortConfig, Runtime, train_cohort
 from adpd.testing import synth_dls
 from adpd.predict import load_student, predict, InputError
 from adpd import train as train_cli
@@ -109,8 +109,10 @@ def test_bad_members(pair, data):
     with pytest.raises(ValueError, match='weights must be three'): distill_cohort(dls, teacher, {'a': (student(), {'kd': 'dkd', 'dkd_weights': (1, 1)})})
 
 def test_kd_kinds_agree():
-    "The CLI's list of KD kinds (kept free of torch) is the learner's."
-    assert train_cli.KD_KINDS == KD_KINDS
+    "The CLI offers exactly the learner's KD kinds, to the recipes and to the demo."
+    p = train_cli.make_parser()
+    kd = next(a for a in p._subparsers._group_actions[0].choices['coco']._actions if a.dest == 'kd')
+    assert tuple(kd.choices) == KD_KINDS and p.parse_args(['demo', '--kd', ','.join(KD_KINDS)]).kd == KD_KINDS
     assert isinstance(make_kd_loss('dkd', 17, dkd_weights=(1, 0, 2)), DKDLoss) and make_kd_loss('none', 17) is None
 
 def cohort_run(d, data, stop_after=None, resume=False, epochs=2):
@@ -141,8 +143,8 @@ def test_cohort_run_resumes_exactly_and_saves_standalone_students(tmp_path, data
     wa, wb = (r['learn'].distiller.kd_loss.state_dict() for r in (straight, resumed))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the log has one line per epoch, the killed one's first line kept
-    assert (tmp_path / 'straight' / 'log.csv').read_text() .splitlines()[1:] != [] and \
-        len((tmp_path / 'killed' / 'log.csv').read_text().splitlines()) == 3
+    lines = lambda d: (tmp_path / d / 'log.csv').read_text().splitlines()
+    assert len(lines('straight')) == len(lines('killed')) == 3
     # finished: read back with --resume, the members' final models from their folders
     again = cohort_run(tmp_path / 'straight', data, resume=True)
     assert all(torch.equal(v, straight['members']['adpd']['model'].state_dict()[k])
@@ -151,7 +153,7 @@ def test_cohort_run_resumes_exactly_and_saves_standalone_students(tmp_path, data
 def test_cohort_member_exports(tmp_path, data):
     pytest.importorskip('onnxruntime', reason='onnxruntime is in the [deploy] extra')
     from adpd.export import export_student, ExportedModel
-    r = cohort_run(tmp_path / 'run', data, epochs=1)
+    cohort_run(tmp_path / 'run', data, epochs=1)
     s = load_student(tmp_path / 'run' / 'adpd' / 'final.pth')
     f = export_student(s.model, tmp_path / 'adpd.onnx', image_size=s.image_size)
     x = torch.randn(2, 3, 64, 48)
