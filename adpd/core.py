@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bace5f98
 from __future__ import annotations
-import contextlib, numbers, os, re, tempfile, warnings
+import contextlib, numbers, os, re, sys, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -13,7 +13,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'flip_pairs_from_names', 'KeypointSpec', 'spec_from_coco_category', 'shared_data',
-           'last_heatmaps', 'eval_mode', 'unwrap', 'n_params', 'heatmap_argmax', 'atomic_write', 'atomic_write_text']
+           'UserError', 'cli_main', 'parse_size', 'size_str', 'last_heatmaps', 'eval_mode', 'unwrap', 'n_params',
+           'heatmap_argmax', 'atomic_write', 'atomic_write_text']
 
 # %% ../nbs/00_core.ipynb #9aee9d29
 _CAMEL = re.compile(r'[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+')
@@ -147,6 +148,32 @@ def shared_data(*parts) -> Path|None:
     for c in cands:
         if c.is_dir(): return c.joinpath(*parts)
     return None
+
+# %% ../nbs/00_core.ipynb #fa78c4c0
+class UserError(Exception):
+    "A problem the user can fix; the message names the file, flag or value and what to do. Commands print it in one line and exit with 2."
+    def __init__(self, msg=''): super().__init__(msg); self.msg = str(msg)
+    def __str__(self): return self.msg   # as raised, also from a fastai callback (fastai prefixes the event to the exception's args)
+
+def cli_main(prog:str, fn, *args, **kwargs) -> int:
+    "`fn(*args, **kwargs)` as the body of the command `prog`: its return value (0 if None); a `UserError` printed as one line, 2."
+    try: return fn(*args, **kwargs) or 0
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+# %% ../nbs/00_core.ipynb #7bb8dc30
+def parse_size(s) -> tuple:
+    "'256x192' (height x width, as the paper writes it) → `(w, h)` = (192, 256); `UserError` unless both are positive multiples of 4."
+    m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
+    if not m: raise UserError(f"size {s!r}: write it as HxW, e.g. 256x192")
+    h, w = int(m.group(1)), int(m.group(2))
+    if h <= 0 or w <= 0 or h % 4 or w % 4: raise UserError(f"size {s!r}: both sides must be positive multiples of 4 (heatmaps are 1/4 of the input)")
+    return w, h
+
+def size_str(wh) -> str:
+    "`(w, h)` → 'HxW', the inverse of `parse_size`."
+    return f"{int(wh[1])}x{int(wh[0])}"
 
 # %% ../nbs/00_core.ipynb #b7456a63
 def last_heatmaps(out):
