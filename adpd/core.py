@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bace5f98
 from __future__ import annotations
-import contextlib, numbers, os, re, sys, tempfile, warnings
+import contextlib, hashlib, numbers, os, re, sys, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'flip_pairs_from_names', 'KeypointSpec', 'spec_from_coco_category', 'shared_data',
            'UserError', 'cli_main', 'parse_size', 'size_str', 'last_heatmaps', 'eval_mode', 'unwrap', 'n_params',
-           'heatmap_argmax', 'atomic_write', 'atomic_write_text']
+           'heatmap_argmax', 'atomic_write', 'atomic_write_text', 'sha256']
 
 # %% ../nbs/00_core.ipynb #9aee9d29
 _CAMEL = re.compile(r'[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+')
@@ -149,7 +149,7 @@ def shared_data(*parts) -> Path|None:
         if c.is_dir(): return c.joinpath(*parts)
     return None
 
-# %% ../nbs/00_core.ipynb #fa78c4c0
+# %% ../nbs/00_core.ipynb #bb46d0c9
 class UserError(Exception):
     "A problem the user can fix; the message names the file, flag or value and what to do. Commands print it in one line and exit with 2."
     def __init__(self, msg=''): super().__init__(msg); self.msg = str(msg)
@@ -162,7 +162,7 @@ def cli_main(prog:str, fn, *args, **kwargs) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
 
-# %% ../nbs/00_core.ipynb #7bb8dc30
+# %% ../nbs/00_core.ipynb #56aa476b
 def parse_size(s) -> tuple:
     "'256x192' (height x width, as the paper writes it) → `(w, h)` = (192, 256); `UserError` unless both are positive multiples of 4."
     m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
@@ -229,3 +229,10 @@ def atomic_write(path, write):
 def atomic_write_text(path, text:str):
     "Write `text` to `path` atomically (see `atomic_write`)."
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+def sha256(path) -> str:
+    "The sha256 hex digest of the file `path` (read in 1 MB blocks)."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
