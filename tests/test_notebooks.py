@@ -24,3 +24,28 @@ def test_flagged_cells_are_skipped_and_run_on_request(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]          # every flagged cell skipped
     r = run(nb, '--flags', 'slow')
     assert r.returncode != 0 and 'the slow cell ran' in r.stdout + r.stderr  # and run when the flag is given
+
+import json, re
+LOCAL_PATH = re.compile(r'(/work/|/home/|/Users/|/tmp/|/root/|[\\/]\.venv[\\/]|site-packages)')
+
+def local_paths(nb_path) -> list:
+    "`(cell, excerpt)` for each output of the notebook `nb_path` that names a path of the machine that ran it."
+    nb = json.loads(Path(nb_path).read_text())
+    out = []
+    for i, c in enumerate(nb['cells']):
+        for o in c.get('outputs', []):
+            text = json.dumps(o.get('text', '')) + json.dumps(o.get('data', {}).get('text/plain', '')) + json.dumps(o.get('traceback', ''))
+            m = LOCAL_PATH.search(text)
+            if m: out.append((i, text[max(0, m.start() - 40):m.end() + 60]))
+    return out
+
+def test_notebooks_carry_no_local_paths(tmp_path):
+    "A checked-in output naming a file of the machine that ran it (a warning's source line, a venv) is noise for every reader."
+    bad = {p.name: local_paths(p) for p in sorted((ROOT / 'nbs').glob('*.ipynb'))}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, '\n'.join(f'{k}, cell {i}: …{t}…' for k, v in bad.items() for i, t in v)
+    nb = nbformat.v4.new_notebook()                       # the check itself finds one
+    nb.cells = [nbformat.v4.new_code_cell('import x', outputs=[nbformat.v4.new_output('stream', name='stderr',
+                text='/work/main/.venv/lib/python3.11/site-packages/torch/jit/_script.py:1491: FutureWarning')])]
+    nbformat.write(nb, tmp_path / 'x.ipynb')
+    assert [i for i, _ in local_paths(tmp_path / 'x.ipynb')] == [0]
