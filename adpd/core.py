@@ -5,16 +5,17 @@
 # %% ../nbs/00_core.ipynb #bace5f98
 from __future__ import annotations
 import contextlib, hashlib, numbers, os, re, sys, tempfile, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'flip_pairs_from_names', 'KeypointSpec', 'spec_from_coco_category', 'shared_data',
-           'UserError', 'cli_main', 'parse_size', 'size_str', 'last_heatmaps', 'eval_mode', 'unwrap', 'n_params',
-           'heatmap_argmax', 'atomic_write', 'atomic_write_text', 'sha256']
+__all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'flip_pairs_from_names', 'KeypointSpec', 'spec_from_coco_category',
+           'quiet_import', 'shared_data', 'UserError', 'MissingFile', 'MissingExtra', 'require', 'cli_main',
+           'parse_size', 'size_str', 'last_heatmaps', 'eval_mode', 'unwrap', 'n_params', 'heatmap_argmax',
+           'atomic_write', 'atomic_write_text', 'sha256']
 
 # %% ../nbs/00_core.ipynb #9aee9d29
 _CAMEL = re.compile(r'[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+')
@@ -141,6 +142,13 @@ def spec_from_coco_category(cat:dict, sigmas=None, default_sigma=DEFAULT_SIGMA) 
     return KeypointSpec(name, names=names, skeleton=skel, sigmas=sigmas)
 
 # %% ../nbs/00_core.ipynb #a2a35c63
+@contextlib.contextmanager
+def quiet_import():
+    "Import third-party modules (fastai) without torch's deprecation notice for `torch.jit.script`, which they call at import: noise for users."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+        yield
+
 def shared_data(*parts) -> Path|None:
     "Path of the shared fixtures (`$ADPD_SHARED_DATA`, or `shared/data` beside a parent folder), or None."
     env = os.environ.get('ADPD_SHARED_DATA')
@@ -149,11 +157,23 @@ def shared_data(*parts) -> Path|None:
         if c.is_dir(): return c.joinpath(*parts)
     return None
 
-# %% ../nbs/00_core.ipynb #bb46d0c9
+# %% ../nbs/00_core.ipynb #b1944568
 class UserError(Exception):
     "A problem the user can fix; the message names the file, flag or value and what to do. Commands print it in one line and exit with 2."
     def __init__(self, msg=''): super().__init__(msg); self.msg = str(msg)
     def __str__(self): return self.msg   # as raised, also from a fastai callback (fastai prefixes the event to the exception's args)
+
+class MissingFile(UserError, FileNotFoundError):
+    "A file or folder the user named (or a dataset names) does not exist; the message names it."
+
+class MissingExtra(UserError, ImportError):
+    "An optional package a feature needs is not installed; the message says which and how to install it."
+
+def require(module:str, feature:str, extra:str='deploy'):
+    "The module `module`, imported; `MissingExtra` saying that `feature` needs it and how to install it."
+    import importlib
+    try: return importlib.import_module(module)
+    except ImportError: raise MissingExtra(f"{feature} needs {module}: pip install -e '.[{extra}]' (or pip install {module})") from None
 
 def cli_main(prog:str, fn, *args, **kwargs) -> int:
     "`fn(*args, **kwargs)` as the body of the command `prog`: its return value (0 if None); a `UserError` printed as one line, 2."
@@ -162,7 +182,7 @@ def cli_main(prog:str, fn, *args, **kwargs) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
 
-# %% ../nbs/00_core.ipynb #56aa476b
+# %% ../nbs/00_core.ipynb #5c5e55be
 def parse_size(s) -> tuple:
     "'256x192' (height x width, as the paper writes it) → `(w, h)` = (192, 256); `UserError` unless both are positive multiples of 4."
     m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))

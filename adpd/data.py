@@ -13,18 +13,19 @@ import cv2, PIL.Image
 import numpy as np
 import torch
 from fastcore.basics import store_attr
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
+from .core import quiet_import
+with quiet_import():                  # fastai's modules call torch.jit.script at import, which torch deprecates
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
 from fasttransform import ItemTransform
 from pycocotools.coco import COCO
 from .core import *
 from .transforms import *
-from .synthetic import make_synthetic_coco
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'PoseRecords', 'private_fds', 'ImageError', 'read_image', 'image_file_problem', 'reduce_factor',
-           'TopDownDataset', 'read_json', 'load_coco_json', 'CocoKeypoints', 'MPIIKeypoints', 'PoseTargets', 'PoseDL',
-           'pose_dls']
+           'TopDownDataset', 'SkipWarning', 'read_json', 'load_coco_json', 'CocoKeypoints', 'MPIIKeypoints',
+           'PoseTargets', 'PoseDL', 'pose_dls']
 
 # %% ../nbs/02_data.ipynb #c283159e
 @dataclass
@@ -84,14 +85,14 @@ def _redirect_fd2(out:list):
     finally:
         for fd in (r, w, saved): os.close(fd)
 
-class ImageError(ValueError):
-    "An image file that cannot be used (empty, corrupt, undecodable, too large); the message names it."
+class ImageError(UserError, ValueError):
+    "An image file that cannot be used (empty, corrupt, undecodable, too large); the message names it (a `UserError`)."
 
 def read_image(path, reduce:int=1):
     """BGR uint8 image `(h, w, 3)` decoded at 1/`reduce` resolution. Missing, empty, corrupt (libjpeg's "Corrupt JPEG
     data" warnings included) and over-size files raise an error naming the file."""
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: image file not found")
+    if not path.is_file(): raise MissingFile(f"{path}: image file not found")
     buf = np.fromfile(path, np.uint8)          # reading the bytes ourselves is faster than `cv2.imread`
     if buf.size == 0: raise ImageError(f"{path}: empty image file")
     jpeg = buf[:2].tobytes() == b'\xff\xd8'
@@ -197,11 +198,14 @@ class TopDownDataset(torch.utils.data.Dataset):
 # %% ../nbs/02_data.ipynb #2e8d50fa
 def _fail(path, msg): raise ValueError(f"{path}: {msg}")
 
+class SkipWarning(UserWarning):
+    "The one warning a dataset gives when it skips unusable samples: the count of each reason (`warnings.filterwarnings` can pick it out)."
+
 def _report(source, skips:Counter, examples:dict=None, what='samples'):
     "Warn once with the count of every skip reason (and the first file met for each, in `examples`)."
     if not skips: return
     eg = lambda k: f" e.g. {examples[k]}" if examples and k in examples else ''
-    warnings.warn(f"{source}: skipped {sum(skips.values())} {what} (" + ', '.join(f'{k}: {v}{eg(k)}' for k, v in sorted(skips.items())) + ')', stacklevel=3)
+    warnings.warn(f"{source}: skipped {sum(skips.values())} {what} (" + ', '.join(f'{k}: {v}{eg(k)}' for k, v in sorted(skips.items())) + ')', SkipWarning, stacklevel=3)
 
 def _is_num(x): return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -210,7 +214,7 @@ def _finite(*xs) -> bool: return all(np.isfinite(np.asarray(x, np.float64)).all(
 def read_json(path, what='annotation file'):
     "The parsed json at `path`; missing, binary and malformed files raise an error naming the file."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: {what} not found")
+    if not path.is_file(): raise MissingFile(f"{path}: {what} not found")
     try: return json.loads(path.read_bytes().decode('utf-8'))
     except UnicodeDecodeError as e: _fail(path, f"not a text (UTF-8) json file: binary data at byte {e.start}")
     except json.JSONDecodeError as e: _fail(path, f"not valid json ({e})")
@@ -388,7 +392,7 @@ class PoseTargets(ItemTransform):
         return (to_input(img), hm, tw)
 
 class PoseDL(DataLoader):
-    """A fastai `DataLoader` of pose batches `(x, hm, tw)` that knows how to draw them (as `TfmdDL` does for its types).
+    """A fastai `DataLoader` of pose batches `(x, hm, tw)` that draws them once `adpd.viz` is imported (as `TfmdDL` does for its types).
     Where batches are made (the main process without workers, or each worker), `threads` threads decode and warp the
     samples of a batch, one batch ahead; the augmentations are drawn in order first, so batches do not depend on it.
     Default: up to 4 threads without workers, 1 with."""
@@ -408,15 +412,14 @@ class PoseDL(DataLoader):
                 ahead.append([ex.submit(load, i, ds.sample_aug(i)) for i in idx])
                 if len(ahead) == 2: yield self.do_batch([f.result() for f in ahead.popleft()])
             while ahead: yield self.do_batch([f.result() for f in ahead.popleft()])
+
     def show_batch(self, b=None, max_n:int=9, ctxs=None, **kwargs):
-        "Draw `max_n` samples of `b` (one batch of `self` when None): crop, skeleton and targets (`adpd.viz.show_pose_batch`)."
-        from adpd.viz import show_pose_batch
-        return show_pose_batch(self.dataset.spec, self.one_batch() if b is None else b, max_n=max_n, ctxs=ctxs, **kwargs)
+        "Draw `max_n` samples of `b` (one batch of `self` when None); the drawing comes with `adpd.viz`, which replaces this."
+        raise NotImplementedError("PoseDL.show_batch: drawing pose batches comes with adpd.viz; `import adpd.viz` first")
 
     def show_results(self, b, out, max_n:int=9, ctxs=None, **kwargs):
-        "Draw `max_n` samples of `b` with predicted heatmaps `out` (`adpd.viz.show_pose_results`)."
-        from adpd.viz import show_pose_results
-        return show_pose_results(self.dataset.spec, b, out, max_n=max_n, ctxs=ctxs, **kwargs)
+        "Draw `max_n` samples of `b` with predicted heatmaps `out`; the drawing comes with `adpd.viz`, which replaces this."
+        raise NotImplementedError("PoseDL.show_results: drawing pose results comes with adpd.viz; `import adpd.viz` first")
 
 def pose_dls(train_ds, valid_ds, bs=32, val_bs=None, num_workers=None, device=None, sigma=2., joint_weights=None,
              subpixel=False, threads=None, **kwargs) -> DataLoaders:

@@ -4,16 +4,16 @@
 
 # %% ../nbs/11_export.ipynb #01bdeae7
 from __future__ import annotations
-import argparse, copy, io, sys, warnings
+import argparse, copy, io, json, sys, warnings
 from pathlib import Path
-import numpy as np
 import torch
 import torch.nn as nn
 from fastcore.imports import in_ipython
-from .core import atomic_write, last_heatmaps
+from .core import UserError, atomic_write, atomic_write_text, cli_main, last_heatmaps, parse_size, require
+from .models import ONNX_CARD_KEY, TS_CARD_FILE, ExportedModel, ModelCard, load_pose_model
 
 # %% auto #0
-__all__ = ['FORMATS', 'OPSET', 'export_student', 'ExportedModel', 'parity', 'make_parser', 'main']
+__all__ = ['FORMATS', 'OPSET', 'export_student', 'parity', 'make_parser', 'main', 'ExportedModel']
 
 # %% ../nbs/11_export.ipynb #257c2f3b
 FORMATS = ('onnx', 'torchscript')
@@ -23,20 +23,33 @@ def _cpu_float(model:nn.Module) -> nn.Module:
     "A float32 CPU copy of `model` in eval mode (shipped weights may be fp16; the original is left as it is)."
     return copy.deepcopy(model).float().cpu().eval()
 
-def export_student(model:nn.Module, path, format:str='onnx', image_size=(192, 256), opset:int=OPSET) -> Path:
+def export_student(model:nn.Module, path, format:str='onnx', image_size=(192, 256), opset:int=OPSET, card:ModelCard|None=None) -> Path:
     """Write `model` (`(B, 3, H, W)` normalised RGB → heatmaps `(B, K, H/4, W/4)`) to `path` as ONNX (dynamic batch,
-    opset `opset`, input `input`, output `heatmaps`) or TorchScript (traced); `image_size=(w, h)` is the traced input."""
+    opset `opset`, input `input`, output `heatmaps`) or TorchScript (traced); `image_size=(w, h)` is the traced input.
+    `card`: its `ModelCard`, written into the file (ONNX metadata `adpd_card`; TorchScript `adpd_card.json`, and `<name>.card.json` beside it)."""
     if format not in FORMATS: raise ValueError(f"export_student: format must be one of {FORMATS}, not {format!r}")
     m, (w, h) = _cpu_float(model), image_size
     x = torch.randn(2, 3, h, w)
+    if card is not None and tuple(image_size) != card.image_size: card = card.replace(image_size=tuple(image_size), heatmap_size=None)
+    meta = json.dumps(card.to_dict()) if card is not None else None
     def write(f):
         with torch.no_grad():
-            if format == 'torchscript': torch.jit.save(torch.jit.trace(_Heatmaps(m), x), f)
+            if format == 'torchscript': torch.jit.save(torch.jit.trace(_Heatmaps(m), x), f, _extra_files={TS_CARD_FILE: meta} if meta else None)
             else:
-                torch.onnx.export(_Heatmaps(m), (x,), f, input_names=['input'], output_names=['heatmaps'], opset_version=opset,
+                buf = io.BytesIO()
+                torch.onnx.export(_Heatmaps(m), (x,), buf, input_names=['input'], output_names=['heatmaps'], opset_version=opset,
                                   dynamic_axes={'input': {0: 'batch'}, 'heatmaps': {0: 'batch'}}, dynamo=False)
+                f.write(_with_metadata(buf.getvalue(), {ONNX_CARD_KEY: meta}) if meta else buf.getvalue())
     atomic_write(path, write)
+    if format == 'torchscript' and meta: atomic_write_text(Path(path).with_suffix('.card.json'), meta)
     return Path(path)
+
+def _with_metadata(onnx_bytes:bytes, props:dict) -> bytes:
+    "The serialised ONNX model `onnx_bytes` with the string entries `props` added to its `metadata_props`."
+    mp = require('onnx', 'writing the model card into an ONNX file').load_from_string(onnx_bytes)
+    for k, v in props.items():
+        e = mp.metadata_props.add(); e.key, e.value = k, v
+    return mp.SerializeToString()
 
 class _Heatmaps(nn.Module):
     "The last heatmaps of `model` (hourglass-style models return one per stack): what a deployed model outputs."
@@ -44,27 +57,7 @@ class _Heatmaps(nn.Module):
     def forward(self, x): return last_heatmaps(self.model(x))
 
 # %% ../nbs/11_export.ipynb #a793232a
-class ExportedModel(nn.Module):
-    """An exported student (`.onnx` through onnxruntime on the CPU, or TorchScript) as a module: `(B, 3, H, W)` → heatmaps `(B, K, h, w)`;
-    `image_size`: the ONNX file's input `(w, h)` (None for TorchScript), which `adpd.predict.predict` then uses."""
-    def __init__(self, path, threads:int|None=None):
-        super().__init__()
-        self.path = Path(path)
-        if not self.path.is_file(): raise FileNotFoundError(f"{self.path}: exported model not found")
-        if self.path.suffix == '.onnx':
-            try: import onnxruntime as ort
-            except ImportError: raise ImportError("ExportedModel: reading .onnx needs onnxruntime: pip install -e '.[deploy]'") from None
-            so = ort.SessionOptions()
-            if threads: so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-            self.session, self.ts = ort.InferenceSession(str(self.path), so, providers=['CPUExecutionProvider']), None
-            shape = self.session.get_inputs()[0].shape          # ['batch', 3, H, W]
-            self.image_size = (shape[3], shape[2]) if all(isinstance(v, int) for v in shape[2:]) else None
-        else: self.session, self.ts, self.image_size = None, torch.jit.load(str(self.path), map_location='cpu').eval(), None
-
-    def forward(self, x):
-        if self.ts is not None: return self.ts(x)
-        out = self.session.run(None, {'input': np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
-        return torch.from_numpy(out).to(x.device)
+_all_ = ['ExportedModel']   # it reads the files written here; it lives with the model card in `adpd.models`, as every reader does
 
 # %% ../nbs/11_export.ipynb #29fdb970
 def parity(model:nn.Module, exported:nn.Module, image_size=(192, 256), n:int=4, seed:int=0) -> float:
@@ -76,44 +69,41 @@ def parity(model:nn.Module, exported:nn.Module, image_size=(192, 256), n:int=4, 
 
 def _size(s):
     "'256x192' (H x W) → `(w, h)` for argparse."
-    from adpd.predict import _hxw, InputError
-    try: return _hxw(s, '--image-size')
-    except InputError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    try: return parse_size(s)
+    except UserError as e: raise argparse.ArgumentTypeError(f"--image-size: {e}") from None
 
 def make_parser():
     "The `adpd_export` argument parser."
     p = argparse.ArgumentParser(prog='adpd_export', description="Export a trained pose model to ONNX (dynamic batch, opset "
         f"{OPSET}) or TorchScript: input `input` (B, 3, H, W) RGB normalised with the ImageNet mean and std, output `heatmaps` "
-        "(B, K, H/4, W/4). Checks the file against PyTorch and prints the max relative difference of the heatmaps.")
+        "(B, K, H/4, W/4); the model card goes with it. Checks the file against PyTorch and prints the max relative difference of the heatmaps.")
     p.add_argument('model', metavar='RUN_OR_PTH', help='an adpd_train run folder (best.pth, else final.pth, else checkpoint.pth), a .pth, or the shipped weights folder')
-    p.add_argument('--arch', metavar='NAME', help='architecture of a plain .pth state dict (tiny, resnet_50, hrnet_w32, fpn:<timm name>, ...)')
+    p.add_argument('--arch', metavar='NAME', help='architecture of a .pth without a model card (tiny, resnet_50, hrnet_w32, fpn:<timm name>, ...)')
     p.add_argument('--format', choices=FORMATS, default='onnx', help='onnx (default) or torchscript')
     p.add_argument('--out', metavar='PATH', help='the file to write (default: ./<arch>.onnx or .pt)')
-    p.add_argument('--image-size', type=_size, metavar='HxW', help="input size (default: the run's, else 256x192)")
+    p.add_argument('--image-size', type=_size, metavar='HxW', help="input size (default: the card's, else 256x192)")
     return p
 
-def main(argv=None) -> int:
-    "`adpd_export`: 0 on success, 1 if the exported file's heatmaps differ from PyTorch's by more than 1e-4, 2 on a bad input."
-    from adpd.predict import load_student, InputError
-    from adpd.models import CheckpointError
-    a = make_parser().parse_args(argv)
-    try:
-        st = load_student(a.model, a.arch, image_size=a.image_size)
-        ext = 'onnx' if a.format == 'onnx' else 'pt'
-        out = Path(a.out or f"{st.arch.replace(':', '-')}.{ext}")
-        with warnings.catch_warnings():      # torch's deprecation notices of its exporters: noise on the command line
-            warnings.simplefilter('ignore', (FutureWarning, DeprecationWarning))
-            path = export_student(st.model, out, a.format, st.image_size)
-            rel = parity(st.model, ExportedModel(path), st.image_size)
-    except (InputError, CheckpointError, FileNotFoundError, ImportError) as e:
-        print(f"adpd_export: error: {e}", file=sys.stderr, flush=True)
-        return 2
+def _export(a) -> int:
+    "The body of `adpd_export` on the parsed flags `a`."
+    st = load_pose_model(a.model, a.arch, image_size=a.image_size)
+    out = Path(a.out or f"{st.arch.replace(':', '-')}.{'onnx' if a.format == 'onnx' else 'pt'}")
+    with warnings.catch_warnings():      # torch's deprecation notices of its exporters: noise on the command line
+        warnings.simplefilter('ignore', (FutureWarning, DeprecationWarning))
+        path = export_student(st.model, out, a.format, st.image_size, card=st.card)
+        rel = parity(st.model, ExportedModel(path), st.image_size)
     (w, h), ok = st.image_size, rel <= 1e-4
     print(f"wrote {path} ({a.format}{f', opset {OPSET}' if a.format == 'onnx' else ''}): {st.arch} from {st.path}, input (B, 3, {h}, {w}) "
           f"normalised RGB → heatmaps (B, {st.K}, {h // 4}, {w // 4}), {st.spec.name}")
+    print(f"card: {st.card.provenance()}")
     print(f"parity with PyTorch on a random batch of 4: max relative difference of the heatmaps {rel:.1e}" + ('' if ok else ' > 1e-4: CHECK THE EXPORT'),
           file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+def main(argv=None) -> int:
+    "`adpd_export`: 0 on success, 1 if the exported file's heatmaps differ from PyTorch's by more than 1e-4, 2 on a bad input."
+    a = make_parser().parse_args(argv)
+    return cli_main('adpd_export', _export, a)
 
 # %% ../nbs/11_export.ipynb #65ce8ab0
 if __name__ == '__main__' and not in_ipython(): sys.exit(main())

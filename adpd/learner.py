@@ -17,12 +17,11 @@ from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
 from fastai.torch_core import params, to_float, rank_distrib, num_distrib
 from .core import last_heatmaps, heatmap_argmax, unwrap
-from .losses import JointsMSELoss, ADPDLoss, DKDLoss, FPDLoss, KLPoseLoss
+from .losses import JointsMSELoss, KDConfig, make_kd_loss
 
 # %% auto #0
-__all__ = ['KD_KINDS', 'pose_loss', 'pck_counts', 'member_pred', 'PCK', 'pose_learner', 'DistillCallback', 'make_kd_loss',
-           'distill_learner', 'Cohort', 'PoseOnly', 'CohortLoss', 'MemberLoss', 'cohort_pose_loss', 'distill_cohort',
-           'Evaluator', 'with_eval']
+__all__ = ['pose_loss', 'pck_counts', 'member_pred', 'PCK', 'pose_learner', 'DistillCallback', 'distill_learner', 'Cohort',
+           'PoseOnly', 'CohortLoss', 'MemberLoss', 'cohort_pose_loss', 'distill_cohort', 'Evaluator', 'with_eval']
 
 # %% ../nbs/06_learner.ipynb #14d67265
 _mse = JointsMSELoss()
@@ -76,7 +75,8 @@ def _column(k):
 
 class DistillCallback(Callback):
     """Distil a frozen `teacher` into the learner's model with `kd_loss(student, teacher, hm, tw)`; owns the KD loss and its state.
-    The teacher runs once per training batch; the model may be a `Cohort`, whose predictions are a dict of its members'."""
+    The teacher runs once per training batch; the model may be a `Cohort`, whose predictions are a dict of its members'.
+    fastai names it `learn.distill`; its settings are `learn.distill.cfg` (a `KDConfig`)."""
     order = GradientAccumulation.order - 1
     def __init__(self, teacher:nn.Module, kd_loss:nn.Module, resize=True):
         store_attr()
@@ -85,9 +85,14 @@ class DistillCallback(Callback):
     def __getstate__(self):   # `learn.export()` pickles callbacks: never the teacher
         return {**self.__dict__, 'teacher': None, 't_out': None}
 
+    @property
+    def cfg(self) -> KDConfig:
+        "The distillation settings the KD loss was made from (a cohort's common ones; each member's loss has its own `.cfg`)."
+        return self.kd_loss.cfg
+
     def before_fit(self):
         if self.teacher is None:
-            raise ValueError("DistillCallback: no teacher (a learner loaded from `export` has none); set `learn.distiller.teacher`")
+            raise ValueError("DistillCallback: no teacher (a learner loaded from `export` has none); set `learn.distill.teacher`")
         dev = self.dls.device if self.dls.device is not None else next(self.model.parameters()).device
         self.teacher.to(dev).eval().requires_grad_(False)
         self.kd_loss.to(dev)
@@ -135,18 +140,6 @@ class DistillCallback(Callback):
         return [mk(k) for k in getattr(self.kd_loss, 'names', ())]
 
 # %% ../nbs/06_learner.ipynb #b975201e
-KD_KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')
-
-def make_kd_loss(kd, K:int, alpha=.5, T=1., thr=.5, detach=True, bound=True, faithful=False, dkd_weights=(1., 1., 1.)):
-    """The KD loss named `kd` (one of `KD_KINDS`) for `K` joints, None for 'none' (or None). `detach`, `bound`, `faithful` are ADPD's
-    options (`faithful` overrides the other two), `dkd_weights` DKD's fixed (BiKD, KAD, NAD) weights; each loss takes what it uses."""
-    if kd is None or kd == 'none': return None
-    if kd == 'fpd': return FPDLoss(alpha=alpha)
-    if kd == 'kl': return KLPoseLoss(T=T, alpha=alpha)
-    if kd == 'dkd': return DKDLoss(T=T, thr=thr, alpha=alpha, weights=dkd_weights)
-    if kd == 'adpd': return ADPDLoss(K, T=T, thr=thr, alpha=alpha, faithful=faithful, detach=detach and not faithful, bound=bound and not faithful)
-    raise ValueError(f"kd={kd!r}: choose one of {', '.join(KD_KINDS)} (or None)")
-
 def _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs):
     "A learnable KD loss's parameters as a second optimizer group (`splitter`), its lr `weight_lr_mult` × the student's: the `lr` to use."
     wp = list(kd_loss.parameters())
@@ -154,19 +147,30 @@ def _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs):
     learner_kwargs['splitter'] = lambda m: [params(m), wp]
     return lr if weight_lr_mult is None else np.array([lr, lr * weight_lr_mult])
 
-def distill_learner(dls, student, teacher, kd='adpd', alpha=.5, T=1., thr=.5, weight_lr_mult=None, resize=True, detach=True,
-                    bound=True, faithful=False, dkd_weights=(1., 1., 1.), metrics=None, cbs=None, lr=1e-3, **learner_kwargs) -> Learner:
-    """A fastai `Learner` that distils `teacher` into `student` with `kd` in ('adpd', 'dkd', 'fpd', 'kl', None: plain training).
-    A learnable KD loss (ADPD's weight net) is a second parameter group; with `weight_lr_mult` its lr is that multiple of
-    the student's: `learn.lr` holds both, so `fit`/`fit_one_cycle` without an `lr` (or with a per-group one) use them."""
-    kd_loss = make_kd_loss(kd, dls.train.dataset.spec.K, alpha, T, thr, detach, bound, faithful, dkd_weights)
-    if kd_loss is None: return pose_learner(dls, student, metrics=metrics, cbs=cbs, lr=lr, **learner_kwargs)
+_KD_FIELDS = tuple(KDConfig.__dataclass_fields__)
+
+def _kd_config(cfg, kwargs) -> KDConfig:
+    "The `KDConfig` of `cfg` updated by the `KDConfig` fields among `kwargs` (taken out of it: the rest are the `Learner`'s)."
+    return KDConfig.of(cfg, **{k: kwargs.pop(k) for k in _KD_FIELDS if k in kwargs})
+
+def _weight_lr_mult(cfg, lr, weight_lr_mult):
+    "The weight net's lr as a multiple of the student's: `weight_lr_mult`, else `cfg.weight_lr / lr` when set."
+    return weight_lr_mult if weight_lr_mult is not None or not cfg.weight_lr else cfg.weight_lr / lr
+
+def distill_learner(dls, student, teacher, kd='adpd', cfg:KDConfig|None=None, weight_lr_mult=None, resize=True, metrics=None,
+                    cbs=None, lr=1e-3, **kwargs) -> Learner:
+    """A fastai `Learner` that distils `teacher` into `student` with `kd` in ('adpd', 'dkd', 'fpd', 'kl', None: plain training), from the
+    settings `cfg` (a `KDConfig`; its fields may also come as keywords: `alpha=`, `T=`, `thr=`, ...; the rest go to `Learner`).
+    A learnable KD loss (ADPD's weight net) is a second parameter group; with `weight_lr_mult` (or `cfg.weight_lr`) its lr is that
+    multiple of the student's: `learn.lr` holds both, so `fit`/`fit_one_cycle` without an `lr` (or with a per-group one) use them.
+    The callback is `learn.distill` (`DistillCallback`)."""
+    cfg = _kd_config(cfg, kwargs)
+    kd_loss = make_kd_loss(kd, dls.train.dataset.spec.K, cfg)
+    if kd_loss is None: return pose_learner(dls, student, metrics=metrics, cbs=cbs, lr=lr, **kwargs)
     cb = DistillCallback(teacher, kd_loss, resize=resize)
-    lr = _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs)
-    learn = pose_learner(dls, student, metrics=([PCK()] if metrics is None else list(metrics)) + cb.metrics(),
-                         cbs=[cb] + list(cbs or []), lr=lr, **learner_kwargs)
-    learn.distiller = cb
-    return learn
+    lr = _with_loss_params(kd_loss, lr, _weight_lr_mult(cfg, lr, weight_lr_mult), kwargs)
+    return pose_learner(dls, student, metrics=([PCK()] if metrics is None else list(metrics)) + cb.metrics(),
+                        cbs=[cb] + list(cbs or []), lr=lr, **kwargs)
 
 # %% ../nbs/06_learner.ipynb #64fd1f58
 class Cohort(nn.Module):
@@ -186,10 +190,10 @@ class PoseOnly(nn.Module):
         return loss
 
 class CohortLoss(nn.Module):
-    "A cohort's training loss: the sum of each member's loss (`losses`: name → loss module) on that member's heatmaps."
-    def __init__(self, losses:dict):
+    "A cohort's training loss: the sum of each member's loss (`losses`: name → loss module) on that member's heatmaps; `cfg`: the common settings."
+    def __init__(self, losses:dict, cfg:KDConfig|None=None):
         super().__init__()
-        self.losses = nn.ModuleDict(losses)
+        self.losses, self.cfg = nn.ModuleDict(losses), cfg or KDConfig()
     def forward(self, preds:dict, teacher, target, target_weight=None):
         return sum(f(preds[n], teacher, target, target_weight) for n, f in self.losses.items())
     @property
@@ -215,16 +219,18 @@ def cohort_pose_loss(preds:dict, hm, tw):
     return sum(pose_loss(p, hm, tw) for p in preds.values())
 
 _MEMBER = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
+_MEMBER_SETTINGS = tuple(k for k in _KD_FIELDS if k != 'weight_lr')   # the weight nets share one optimizer group
 
-def distill_cohort(dls, teacher, members:dict, alpha=.5, T=1., thr=.5, weight_lr_mult=None, resize=True, detach=True, bound=True,
-                   faithful=False, dkd_weights=(1., 1., 1.), metrics=None, cbs=None, lr=1e-3, **learner_kwargs) -> Learner:
+def distill_cohort(dls, teacher, members:dict, cfg:KDConfig|None=None, weight_lr_mult=None, resize=True, metrics=None, cbs=None,
+                   lr=1e-3, **kwargs) -> Learner:
     """One fastai `Learner` training every student of `members` — `{name: (student, kd)}`, `kd` one of `KD_KINDS` or a dict
-    `dict(kd=..., **settings)` whose settings (`alpha`, `T`, `thr`, `detach`, `bound`, `faithful`, `dkd_weights`) override this
-    call's for that member — on the same batches, with one forward pass of the frozen `teacher` per batch. Each member trains
-    exactly as `distill_learner(dls, student, teacher, kd, ...)` (or `pose_learner` for 'none') would train it alone."""
+    `dict(kd=..., **settings)` whose settings (`KDConfig` fields: `alpha`, `T`, `thr`, `detach`, `bound`, `faithful`, `dkd_weights`)
+    override `cfg`'s (as for `distill_learner`, its fields may come as keywords) for that member — on the same batches, with one
+    forward pass of the frozen `teacher` per batch. Each member trains exactly as `distill_learner(dls, student, teacher, kd, ...)`
+    (or `pose_learner` for 'none') would train it alone."""
     if teacher is None: raise ValueError("distill_cohort: a teacher is needed (members without KD just ignore it)")
     if not members: raise ValueError("distill_cohort: no members")
-    common = dict(alpha=alpha, T=T, thr=thr, detach=detach, bound=bound, faithful=faithful, dkd_weights=dkd_weights)
+    cfg = _kd_config(cfg, kwargs)
     students, losses, K = {}, {}, dls.train.dataset.spec.K
     for name, (student, kd) in members.items():
         if not isinstance(name, str) or not _MEMBER.fullmatch(name):
@@ -232,17 +238,15 @@ def distill_cohort(dls, teacher, members:dict, alpha=.5, T=1., thr=.5, weight_lr
         if any(student is s for s in students.values()) or student is teacher:
             raise ValueError(f"distill_cohort: member {name!r} shares its model with another; each member trains a model of its own")
         opts = dict(kd=kd) if kd is None or isinstance(kd, str) else dict(kd)
-        kind, bad = opts.pop('kd', None), set(opts) - set(common)
-        if bad: raise ValueError(f"distill_cohort: member {name!r}: unknown settings {sorted(bad)}; known: {', '.join(common)}")
-        students[name], losses[name] = student, make_kd_loss(kind, K, **{**common, **opts}) or PoseOnly()
-    kd_loss = CohortLoss(losses)
+        kind, bad = opts.pop('kd', None), set(opts) - set(_MEMBER_SETTINGS)
+        if bad: raise ValueError(f"distill_cohort: member {name!r}: unknown settings {sorted(bad)}; known: {', '.join(_MEMBER_SETTINGS)}")
+        students[name], losses[name] = student, make_kd_loss(kind, K, cfg, **opts) or PoseOnly()
+    kd_loss = CohortLoss(losses, cfg)
     cb = DistillCallback(teacher, kd_loss, resize=resize)
-    lr = _with_loss_params(kd_loss, lr, weight_lr_mult, learner_kwargs)
+    lr = _with_loss_params(kd_loss, lr, _weight_lr_mult(cfg, lr, weight_lr_mult), kwargs)
     per_member = [m for n in students for m in (PCK(member=n), MemberLoss(n))]
-    learn = Learner(dls, Cohort(students), loss_func=cohort_pose_loss, metrics=per_member + list(metrics or []) + cb.metrics(),
-                    cbs=[cb] + list(cbs or []), lr=lr, **learner_kwargs)
-    learn.distiller = cb
-    return learn
+    return Learner(dls, Cohort(students), loss_func=cohort_pose_loss, metrics=per_member + list(metrics or []) + cb.metrics(),
+                   cbs=[cb] + list(cbs or []), lr=lr, **kwargs)
 
 # %% ../nbs/06_learner.ipynb #25efa347
 class Evaluator(Callback):

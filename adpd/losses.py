@@ -4,14 +4,15 @@
 
 # %% ../nbs/04_losses.ipynb #797b039f
 from __future__ import annotations
-import math
+import dataclasses, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['TERMS', 'RANGES', 'JointsMSELoss', 'pose_kl', 'check_range', 'decoupled_kd', 'decoupled_distributions', 'joint_mean',
-           'WeightNet', 'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss', 'DKDLoss']
+__all__ = ['TERMS', 'RANGES', 'KD_KINDS', 'JointsMSELoss', 'pose_kl', 'check_range', 'decoupled_kd', 'decoupled_distributions',
+           'joint_mean', 'WeightNet', 'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss', 'DKDLoss', 'KDConfig',
+           'make_kd_loss']
 
 # %% ../nbs/04_losses.ipynb #a6862b11
 def _tw(target_weight, B, K, fn):
@@ -445,3 +446,41 @@ class DKDLoss(DistillLoss):
         terms = decoupled_kd(student, teacher, target, tw, self.T, self.thr)
         Lm = _sample_mean(joint_mean(torch.stack([terms[n] for n in TERMS], -1), tw), (tw > 0).any(-1))   # (3,)
         return (Lm * Lm.new_tensor(self.weights)).sum(), dict(zip(TERMS, Lm))
+
+# %% ../nbs/04_losses.ipynb #ce2ab78e
+@dataclasses.dataclass(frozen=True)
+class KDConfig:
+    "How a student learns from its teacher: the settings of every KD loss (each takes what it uses), declared once."
+    alpha: float = .5                   # weight of the KD term: (1 - alpha)·MSE + alpha·KD
+    T: float = 1.                       # softmax temperature of the heatmaps
+    thr: float = .5                     # keypoint-area threshold on the target heatmap
+    weight_lr: float|None = None        # peak lr of a learnable KD loss (ADPD's weight net); None: the student's
+    detach: bool = True                 # ADPD: the weight net sees detached heatmaps
+    bound: bool = True                  # ADPD: weights of mean 1 per sample (see below)
+    faithful: bool = False              # ADPD as published (overrides detach and bound)
+    dkd_weights: tuple = (1., 1., 1.)   # DKD's fixed BiKD, KAD, NAD weights
+
+    @classmethod
+    def of(cls, o=None, **kw) -> KDConfig:
+        "The KD settings of `o` (any object with these attributes: a run config, parsed flags; None: the defaults), updated by `kw`."
+        names = [f.name for f in dataclasses.fields(cls)]
+        bad = set(kw) - set(names)
+        if bad: raise TypeError(f"KDConfig: unknown settings {sorted(bad)}; known: {', '.join(names)}")
+        base = {} if o is None else {n: getattr(o, n) for n in names if hasattr(o, n)}
+        return cls(**{**base, **kw})
+
+KD_KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')
+
+def make_kd_loss(kd, K:int, cfg:KDConfig|None=None, **settings) -> DistillLoss|None:
+    """The KD loss named `kd` (one of `KD_KINDS`) for `K` joints from the settings `cfg` (updated by `settings`, `KDConfig`'s
+    fields), None for 'none' (or None); the loss keeps its settings as `.cfg`."""
+    if kd is None or kd == 'none': return None
+    c = KDConfig.of(cfg, **settings)
+    if kd == 'fpd': loss = FPDLoss(alpha=c.alpha)
+    elif kd == 'kl': loss = KLPoseLoss(T=c.T, alpha=c.alpha)
+    elif kd == 'dkd': loss = DKDLoss(T=c.T, thr=c.thr, alpha=c.alpha, weights=c.dkd_weights)
+    elif kd == 'adpd': loss = ADPDLoss(K, T=c.T, thr=c.thr, alpha=c.alpha, faithful=c.faithful, detach=c.detach and not c.faithful,
+                                       bound=c.bound and not c.faithful)
+    else: raise ValueError(f"kd={kd!r}: choose one of {', '.join(KD_KINDS)} (or None)")
+    loss.cfg = c
+    return loss

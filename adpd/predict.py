@@ -4,29 +4,27 @@
 
 # %% ../nbs/10_predict.ipynb #2c5fa206
 from __future__ import annotations
-import argparse, json, re, sys, warnings
-from dataclasses import dataclass
+import argparse, json, sys
 from pathlib import Path
 import cv2, PIL.Image
 import numpy as np
 import torch
-from torch import nn
 from fastcore.imports import in_ipython
-from .core import COCO17, MPII16, KeypointSpec, atomic_write, atomic_write_text, spec_from_coco_category
+from .core import COCO17, MPII16, KeypointSpec, atomic_write, atomic_write_text, cli_main, parse_size, quiet_import, spec_from_coco_category
 from .transforms import PIXEL_STD, box_to_center_scale
-from .models import CheckpointError, create_pose_model, joint_params, load_pose_checkpoint, read_state_dict
+from .models import InputError, PoseModel, load_pose_model, model_joints, spec_for
 from .evaluate import predict_keypoints, rescore
-with warnings.catch_warnings():   # fastai's import warns about torch.jit.script: noise on the command line
-    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
-    from adpd.data import ImageError, PoseRecords, TopDownDataset, read_image, read_json
+with quiet_import():              # fastai's modules call torch.jit.script at import, which torch deprecates
+    from adpd.data import PoseRecords, TopDownDataset, read_image, read_json
+    from adpd.viz import show_pose
 
 # %% auto #0
-__all__ = ['SPECS', 'RUN_WEIGHTS', 'InputError', 'as_bgr', 'person_boxes', 'ImageBoxes', 'model_joints', 'spec_for', 'Student',
-           'predict', 'load_student', 'coco_image_id', 'read_boxes', 'draw_poses', 'parse_spec', 'make_parser', 'main']
+__all__ = ['SPECS', 'Student', 'SYNTHETIC_WARNING', 'as_bgr', 'person_boxes', 'ImageBoxes', 'predict', 'load_student',
+           'coco_image_id', 'read_boxes', 'draw_poses', 'parse_spec', 'make_parser', 'say_card', 'main', 'InputError',
+           'model_joints', 'spec_for']
 
 # %% ../nbs/10_predict.ipynb #49982aa0
-class InputError(ValueError):
-    "A model file, run folder, image, box list or keypoint spec that `predict`/`adpd_predict`/`adpd_export` cannot use; the message names it."
+_all_ = ['InputError']   # defined with the model card (`adpd.models.card`), raised here too: one error for every bad input
 
 def as_bgr(image) -> np.ndarray:
     """The BGR uint8 image `(h, w, 3)` of `image`: a path (decoded by `read_image`, as the datasets do), a numpy array in
@@ -84,47 +82,17 @@ class ImageBoxes(TopDownDataset):
 
 # %% ../nbs/10_predict.ipynb #a1033a09
 SPECS = {'coco17': COCO17, 'mpii16': MPII16}
-
-def model_joints(model:nn.Module, image_size=(192, 256)) -> int:
-    "K, the number of heatmaps of `model`: from its joint layer (`joint_params`), else from one forward pass on a zero input."
-    for k, ax in joint_params(model).items():
-        p = dict(model.named_parameters()).get(k)
-        if p is not None: return int(p.shape[ax])
-    w, h = image_size
-    p = next(model.parameters(), None)
-    with torch.inference_mode():
-        out = model(torch.zeros(1, 3, h, w, device=p.device if p is not None else 'cpu'))
-    return int((out[-1] if isinstance(out, (list, tuple)) else out).shape[1])
-
-def spec_for(K:int, spec:KeypointSpec|None=None, source='model') -> KeypointSpec:
-    "`spec`, checked to have `K` keypoints; None: COCO-17 for K = 17, MPII-16 for K = 16, else an error asking for one."
-    if spec is None:
-        spec = {17: COCO17, 16: MPII16}.get(K)
-        if spec is None:
-            raise InputError(f"{source}: predicts {K} keypoints, neither COCO (17) nor MPII (16): pass the keypoint spec (spec=, or --spec "
-                             "with the COCO json of its category)")
-    if spec.K != K: raise InputError(f"{source}: predicts {K} keypoints but the spec {spec.name!r} has {spec.K}")
-    return spec
+_all_ = ['model_joints', 'spec_for']   # from `adpd.models.card`, where `load_pose_model` needs them
 
 # %% ../nbs/10_predict.ipynb #5b44a380
-@dataclass
-class Student:
-    "A pose model ready to predict: the network (float32, eval mode, CPU), its architecture, input size `(w, h)`, keypoint spec and weight file."
-    model: nn.Module
-    arch: str
-    image_size: tuple
-    spec: KeypointSpec
-    path: Path
-
-    @property
-    def K(self): return self.spec.K
+Student = PoseModel   # the name `predict` gave it before the model card: a network with its card and file
 
 def predict(model, image, boxes=None, spec:KeypointSpec|None=None, image_size=None, flip:bool=True, bs:int=32):
-    """Keypoints `kp (N, K, 2)` in image pixels and their scores (heatmap peaks) `(N, K)` of `model` (an `nn.Module` or a `Student`)
+    """Keypoints `kp (N, K, 2)` in image pixels and their scores (heatmap peaks) `(N, K)` of `model` (an `nn.Module` or a `PoseModel`)
     for the people in `boxes (N, 4)` (`x, y, w, h`; None: the whole image is one box) of `image` (path, RGB numpy array or PIL
-    image, see `as_bgr`). `spec`: default the `Student`'s, or COCO-17/MPII-16 by K. `image_size (w, h)`: default the `Student`'s,
+    image, see `as_bgr`). `spec`: default the card's, or COCO-17/MPII-16 by K. `image_size (w, h)`: default the card's,
     the model's `image_size` attribute (an `ExportedModel`), or (192, 256). `flip`: flip test, as in evaluation."""
-    st = model if isinstance(model, Student) else None
+    st = model if isinstance(model, PoseModel) else None
     net = st.model if st else model
     image_size = tuple(image_size or (st.image_size if st else None) or getattr(net, 'image_size', None) or (192, 256))
     spec = spec_for(model_joints(net, image_size), spec or (st.spec if st else None), st.path if st else type(net).__name__)
@@ -134,101 +102,10 @@ def predict(model, image, boxes=None, spec:KeypointSpec|None=None, image_size=No
     return predict_keypoints(net, ImageBoxes([img], [b], spec, image_size), flip=flip, bs=bs)
 
 # %% ../nbs/10_predict.ipynb #353dfcf0
-RUN_WEIGHTS = ('best.pth', 'final.pth', 'checkpoint.pth')
-
-def _hxw(s, source) -> tuple:
-    "'256x192' (H x W, as configs write it) → `(w, h)`, by `adpd.recipes.parse_size`; `InputError` naming `source`."
-    from adpd.recipes import parse_size
-    from adpd.run import TrainError
-    try: return parse_size(s)
-    except TrainError as e: raise InputError(f"{source}: image {e}") from None
-
-def _read_cfg(f) -> dict:
-    try: cfg = read_json(f, 'run config')
-    except ValueError as e: raise InputError(str(e)) from None
-    if not isinstance(cfg, dict): raise InputError(f"{f}: not a run config (a json object)")
-    return cfg
-
-def _cfg_model(cfg:dict, f) -> tuple:
-    "`(arch, image size 'HxW', annotation json)` a run config `cfg` (file `f`) names, each None where it does not."
-    if isinstance(cfg.get('model'), str): return cfg['model'], (cfg.get('config') or cfg).get('image_size'), None   # shipped / ShipConfig
-    s = cfg.get('student')
-    if isinstance(s, str) and re.fullmatch(r'[0-9a-f]{64}', s):                  # a demo run: the shipped student, by sha256
-        from adpd.recipes import BENCH, SHIPPED, WEIGHTS
-        info = WEIGHTS / 'student.json'
-        arch = json.loads(info.read_text()).get('model') if info.is_file() else None
-        return arch or SHIPPED['student']['model'], BENCH['image_size'], None
-    if isinstance(s, str) and s:
-        ann = None
-        if cfg.get('cmd') == 'coco' and cfg.get('data_root'):
-            ann = Path(cfg['data_root']).expanduser() / 'annotations' / f"person_keypoints_{cfg.get('val_split', 'val2017')}.json"
-        return s, cfg.get('image_size'), ann
-    return None, cfg.get('image_size'), None
-
-def _ann_spec(ann, K):
-    "The keypoint spec of the first keypoint category of the COCO json `ann` if it exists and has `K` keypoints, else None."
-    try:
-        cats = [c for c in read_json(ann).get('categories', []) if isinstance(c, dict) and c.get('keypoints')]
-        return spec_from_coco_category(cats[0]) if cats and len(cats[0]['keypoints']) == K else None
-    except (OSError, ValueError, AttributeError): return None
-
-def _cohort_members(d:Path) -> list:
-    "The member names of the cohort run in folder `d` (its `config.json` lists them), else []."
-    try: return [m[0] for m in json.loads((d / 'config.json').read_text()).get('members') or []]
-    except (OSError, ValueError, AttributeError, TypeError, IndexError): return []
-
-def _find_weights(d:Path) -> Path:
-    "The weight file of the folder `d`: a run's best/final/checkpoint.pth, the shipped `student.pth`, or the one run below it."
-    members = _cohort_members(d)
-    if members: raise InputError(f"{d}: a cohort run of {len(members)} students; pass one member's folder: "
-                                 + ', '.join(str(d / m) for m in members))
-    for n in RUN_WEIGHTS:
-        if (d / n).is_file(): return d / n
-    for n in ('student', 'teacher'):
-        if (d / f'{n}.pth').is_file() and (d / f'{n}.json').is_file(): return d / f'{n}.pth'
-    runs = sorted({p.parent for n in RUN_WEIGHTS for p in d.glob(f'**/{n}')})
-    if len(runs) == 1: return _find_weights(runs[0])
-    if runs: raise InputError(f"{d}: holds {len(runs)} runs ({', '.join(str(r.relative_to(d)) for r in runs[:8])}"
-                              f"{', …' if len(runs) > 8 else ''}); pass one of them")
-    have = ', '.join(sorted(p.name for p in d.iterdir() if not p.name.startswith('.'))[:10]) or 'nothing'
-    raise InputError(f"{d}: no {', '.join(RUN_WEIGHTS)} (an adpd_train run folder) nor student.pth with student.json "
-                     f"(shipped weights); it holds {have}")
-
-# %% ../nbs/10_predict.ipynb #129ed3cf
-def _build(arch, sd, f):
-    "The `arch` model with the K of the state dict `sd` (file `f`): the size its tensors give the axes that are K = 17 by default."
-    try: m = create_pose_model(arch)
-    except ValueError as e: raise InputError(f"--arch {arch!r}: {e}") from None
-    K = next((sd[k].shape[ax] for k, ax in joint_params(m).items() if k in sd and sd[k].ndim > ax), 17)   # every family marks its joint layer
-    if K != 17: m = create_pose_model(arch, num_joints=int(K))
-    try: load_pose_checkpoint(m, sd)
-    except ValueError as e: raise InputError(f"{f}: not the weights of a {arch} pose model ({str(e).split(': ', 1)[-1][:300]})") from None
-    return m.float().eval()
-
-def load_student(path, arch:str|None=None, spec:KeypointSpec|None=None, image_size=None) -> Student:
-    """The pose model of a run folder, a shipped weights folder or a `.pth` file `path` (see above), as a `Student`. `arch`: the
-    architecture (needed for a plain state dict, overrides the run's); `spec`: the keypoint spec (default: the run's COCO
-    category, else by K); `image_size (w, h)`: the input size (default: the run's, else (192, 256))."""
-    p = Path(path).expanduser()
-    if not p.exists(): raise FileNotFoundError(f"{p}: no such file or folder (a run folder or a .pth is needed)")
-    f = _find_weights(p) if p.is_dir() else p
-    name, size, ann = arch, None, None
-    info, cfg = f.with_suffix('.json'), f.parent / 'config.json'
-    src = next((g for g in (info, cfg) if g.is_file() and g != f), None)
-    if src is not None:
-        run_arch, size, ann = _cfg_model(_read_cfg(src), src)
-        name = arch or run_arch
-    if name is None:
-        raise InputError(f"{src}: names no student model (no `student` or `model` entry); pass --arch NAME" if src else
-                         f"{f}: a checkpoint without a run config beside it: pass the architecture (--arch NAME, arch=), e.g. tiny, "
-                         "resnet_50, hrnet_w32")
-    try: sd = read_state_dict(f)
-    except (TypeError, KeyError) as e: raise InputError(f"{f}: not a pose model's weights ({e})") from None
-    m = _build(name, sd, f)
-    K = model_joints(m)
-    image_size = tuple(image_size) if image_size else _hxw(size, src) if size else (192, 256)
-    spec = spec_for(K, spec or (_ann_spec(ann, K) if ann else None), f)
-    return Student(m, name, image_size, spec, f)
+def load_student(path, arch:str|None=None, spec:KeypointSpec|None=None, image_size=None) -> PoseModel:
+    """The pose model at `path` (a run folder, a weight file, the shipped weights, an exported file) with its card, as a `PoseModel`
+    on the CPU: `adpd.models.load_pose_model`. `arch` (needed for a file without a card), `spec` and `image_size (w, h)` override the card's."""
+    return load_pose_model(path, arch, spec, image_size)
 
 # %% ../nbs/10_predict.ipynb #f28cd0b2
 def coco_image_id(fname, index:int) -> int:
@@ -279,7 +156,6 @@ def draw_poses(img, kp, scores, boxes=None, spec:KeypointSpec=COCO17, thr:float=
     `adpd.viz.show_pose` (joints scoring at most `thr` hollow) and `boxes (N, 4)`; written as a PNG to `fname` if given."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
-    from adpd.viz import show_pose
     h, w = img.shape[:2]
     fig = Figure(figsize=(w / 100, h / 100), dpi=100)
     ax = fig.add_axes([0, 0, 1, 1])
@@ -327,37 +203,45 @@ def make_parser():
     p.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
     return p
 
+SYNTHETIC_WARNING = ("this model has only ever seen the synthetic benchmark's drawn people, never a photograph of a real person: on "
+                     "your pictures expect confident nonsense. For real people use a model trained on COCO: the HRNet or mmpose "
+                     "zoo weights (--model FILE.pth --arch hrnet_w32) or a run of `adpd_train coco`")
+
+def say_card(st:PoseModel, file=None):
+    "Print the provenance line of `st`'s card, and the plain warning of `SYNTHETIC_WARNING` (to stderr) if it has only seen synthetic people."
+    print(f"card: {st.card.provenance()}", file=file or sys.stdout, flush=True)
+    if st.card.synthetic: print(f"adpd_predict: warning: {SYNTHETIC_WARNING}", file=sys.stderr, flush=True)
+
+def _predict_images(a) -> int:
+    "The body of `adpd_predict` on the parsed flags `a`."
+    st = load_student(a.model, a.arch, parse_spec(a.spec) if a.spec else None, parse_size(a.image_size) if a.image_size else None)
+    dev = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    st.model.to(dev)
+    boxes = read_boxes(a.boxes, a.images) if a.boxes else [None] * len(a.images)
+    out, res, seen = Path(a.out), [], set()
+    print(f"model: {st.path} (flip test {'on' if a.flip else 'off'}, {dev})", flush=True)
+    say_card(st)
+    for i, f in enumerate(a.images):
+        img = read_image(f)[..., ::-1]                       # RGB, for predict and the drawing
+        if a.boxes and boxes[i] is None: print(f"{f}: no boxes in {a.boxes}; skipped", flush=True); continue
+        b, s = boxes[i] or (person_boxes(None, img.shape[1::-1]), np.ones(1))
+        kp, mv = predict(st, img, b, flip=a.flip)
+        score = rescore(s, mv) if len(b) else np.zeros(0)
+        img_id = coco_image_id(f, i)
+        res += [dict(image_id=img_id, category_id=1, keypoints=np.concatenate([kp[j], mv[j, :, None]], 1).ravel().tolist(),
+                     score=float(score[j])) for j in range(len(b))]
+        name = Path(f).stem if Path(f).stem not in seen else f"{Path(f).stem}-{i}"
+        seen.add(name)
+        draw_poses(img, kp, mv, b, st.spec, a.thr, out / f'{name}.png')
+        print(f"{f}: {len(b)} {'person' if len(b) == 1 else 'people'} → {out / name}.png", flush=True)
+    atomic_write_text(out / 'keypoints.json', json.dumps(res))
+    print(f"wrote {out / 'keypoints.json'} ({len(res)} poses)")
+    return 0
+
 def main(argv=None) -> int:
-    "`adpd_predict`: 0 on success, 2 on a bad input (the message names the file; no traceback)."
+    "`adpd_predict`: 0 on success, 2 on a bad input (one line naming the file; no traceback)."
     a = make_parser().parse_args(argv)
-    try:
-        size = _hxw(a.image_size, '--image-size') if a.image_size else None
-        st = load_student(a.model, a.arch, parse_spec(a.spec) if a.spec else None, size)
-        dev = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-        st.model.to(dev)
-        boxes = read_boxes(a.boxes, a.images) if a.boxes else [None] * len(a.images)
-        out, res, seen = Path(a.out), [], set()
-        print(f"model: {st.arch} ({st.path}), input {st.image_size[1]}x{st.image_size[0]}, {st.spec.name} ({st.K} keypoints), "
-              f"flip test {'on' if a.flip else 'off'}, {dev}", flush=True)
-        for i, f in enumerate(a.images):
-            img = read_image(f)[..., ::-1]                       # RGB, for predict and the drawing
-            if a.boxes and boxes[i] is None: print(f"{f}: no boxes in {a.boxes}; skipped", flush=True); continue
-            b, s = boxes[i] or (person_boxes(None, img.shape[1::-1]), np.ones(1))
-            kp, mv = predict(st, img, b, flip=a.flip)
-            score = rescore(s, mv) if len(b) else np.zeros(0)
-            img_id = coco_image_id(f, i)
-            res += [dict(image_id=img_id, category_id=1, keypoints=np.concatenate([kp[j], mv[j, :, None]], 1).ravel().tolist(),
-                         score=float(score[j])) for j in range(len(b))]
-            name = Path(f).stem if Path(f).stem not in seen else f"{Path(f).stem}-{i}"
-            seen.add(name)
-            draw_poses(img, kp, mv, b, st.spec, a.thr, out / f'{name}.png')
-            print(f"{f}: {len(b)} {'person' if len(b) == 1 else 'people'} → {out / name}.png", flush=True)
-        atomic_write_text(out / 'keypoints.json', json.dumps(res))
-        print(f"wrote {out / 'keypoints.json'} ({len(res)} poses)")
-        return 0
-    except (InputError, CheckpointError, ImageError, FileNotFoundError) as e:
-        print(f"adpd_predict: error: {e}", file=sys.stderr, flush=True)
-        return 2
+    return cli_main('adpd_predict', _predict_images, a)
 
 # %% ../nbs/10_predict.ipynb #d10463ce
 if __name__ == '__main__' and not in_ipython(): sys.exit(main())

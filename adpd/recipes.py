@@ -4,24 +4,25 @@
 
 # %% ../nbs/08a_recipes.ipynb #1348d83e
 from __future__ import annotations
-import contextlib, csv, dataclasses, hashlib, importlib, io, json, os, re, time, warnings
+import contextlib, csv, dataclasses, importlib, io, json, os, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 from fastai.torch_core import rank_distrib
-from .core import atomic_write_text, n_params
-from .data import CocoKeypoints, MPIIKeypoints, pose_dls
+from .core import UserError, atomic_write_text, n_params, parse_size, sha256
+from .data import CocoKeypoints, MPIIKeypoints, pose_dls, SkipWarning
 from .synthetic import make_synthetic_coco
-from .models import create_pose_model, load_pose_checkpoint, compare_speed, CheckpointError
-from .learner import pose_learner, KD_KINDS
+from .models import create_pose_model, load_pose_checkpoint, compare_speed, CheckpointError, ModelCard, data_provenance, load_pose_model
+from .losses import KDConfig, KD_KINDS
+from .learner import pose_learner
 from .evaluate import coco_evaluate, mpii_evaluate, MPII_GROUPS
 from .run import *
 
 # %% auto #0
 __all__ = ['COCO_PRESETS', 'MPII_PRESETS', 'PRESETS', 'PAPER', 'BENCH', 'SHIPPED', 'WEIGHTS', 'QUICK', 'DEMO_COLS', 'SPEED',
-           'model_from_name', 'parse_size', 'RecipeConfig', 'recipe_config', 'coco_split', 'mpii_split',
-           'recipe_datasets', 'load_weights', 'recipe_teacher', 'run_recipe', 'bench_data', 'sha256', 'ship_weights',
+           'model_from_name', 'RecipeConfig', 'recipe_config', 'coco_split', 'mpii_split', 'recipe_datasets',
+           'load_weights', 'recipe_teacher', 'recipe_card', 'run_recipe', 'bench_data', 'bench_card', 'ship_weights',
            'shipped_model', 'ShipConfig', 'ship_config', 'train_shipped', 'DemoConfig', 'DemoCohort', 'demo_cohort',
            'mean_std', 'plot_curves', 'kd_summary', 'demo_speed', 'kd_pairs', 'paired_diffs', 'run_demo']
 
@@ -30,14 +31,6 @@ def model_from_name(name:str, num_joints:int=17) -> nn.Module:
     "`create_pose_model(name)`, its `ValueError` as a `TrainError` for the command line."
     try: return create_pose_model(name, num_joints)
     except ValueError as e: raise TrainError(f"model {name!r}: {e}") from None
-
-def parse_size(s) -> tuple:
-    "'256x192' (height x width, as the paper writes it) → `(w, h)` = (192, 256), the order the datasets take."
-    m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
-    if not m: raise TrainError(f"size {s!r}: write it as HxW, e.g. 256x192")
-    h, w = int(m.group(1)), int(m.group(2))
-    if h <= 0 or w <= 0 or h % 4 or w % 4: raise TrainError(f"size {s!r}: both sides must be positive multiples of 4 (heatmaps are 1/4 of the input)")
-    return w, h
 
 # %% ../nbs/08a_recipes.ipynb #4b3b93ba
 COCO_PRESETS = {'w48-w32': ('hrnet_w48', 'hrnet_w32'), 'r152-r50': ('resnet_152', 'resnet_50'),
@@ -132,8 +125,15 @@ def recipe_teacher(c:RecipeConfig, K:int):
                                                f"(train one with --kd none --student {c.teacher})")
     return load_weights(model_from_name(c.teacher, K), c.teacher_weights, 'teacher', c.teacher)
 
-def run_recipe(c:RecipeConfig, rt:Runtime) -> dict:
-    "The `coco` and `mpii` commands: one run of the recipe `c`; its results."
+def recipe_card(c:RecipeConfig, spec, command='') -> ModelCard:
+    "The model card of the student the recipe `c` trains: its architecture, input size, the dataset's keypoints, the training annotations."
+    w, h = parse_size(c.image_size)
+    ann = (coco_split if c.cmd == 'coco' else mpii_split)(c.data_root, c.train_split)[0]
+    return ModelCard(arch=c.student, image_size=(w, h), spec=spec, heatmap_size=(w // 4, h // 4),
+                     data=data_provenance(f'{c.cmd}-{c.train_split}', ann_file=ann), command=command)
+
+def run_recipe(c:RecipeConfig, rt:Runtime) -> RunResult:
+    "The `coco` and `mpii` commands: one run of the recipe `c`; its result."
     if not c.student: raise TrainError("which student? --student NAME or --preset")
     tr, va, final = recipe_datasets(c)
     K = tr.spec.K
@@ -149,11 +149,12 @@ def run_recipe(c:RecipeConfig, rt:Runtime) -> dict:
         during = after = lambda m: mpii_evaluate(m, va, flip=c.flip, bs=c.bs)
         names = ('PCKh',)
     label = c.student + ('' if c.kd == 'none' else f" + {c.kd.upper()} from {c.teacher}")
-    res = train_one(c, rt.out, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device), make_student, teacher,
-                    evaluate=after, during=during, eval_every=c.eval_every, eval_names=names, name=label)
-    if not res['stopped'] and rank_distrib() == 0:
-        shown = {k: round(v, 4) for k, v in res.get('metrics', {}).items() if k in ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'PCKh', 'Mean@0.1', *MPII_GROUPS)}
-        print(f"{label}: {shown} (train {res['train_time']:.0f}s) → {Path(rt.out) / 'results.json'}", flush=True)
+    res = Run(c, rt.out, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device), make_student, teacher,
+              evaluate=after, during=during, eval_every=c.eval_every, eval_names=names, name=label,
+              card=recipe_card(c, tr.spec, rt.command)).train()
+    if not res.stopped and rank_distrib() == 0:
+        shown = {k: round(v, 4) for k, v in res.metrics.items() if k in ('AP', 'AP50', 'AP75', 'APm', 'APl', 'AR', 'PCKh', 'Mean@0.1', *MPII_GROUPS)}
+        print(f"{label}: {shown} (train {res.train_time:.0f}s) → {Path(rt.out) / 'results.json'}", flush=True)
     return res
 
 # %% ../nbs/08a_recipes.ipynb #5b7d4b91
@@ -171,50 +172,45 @@ def bench_data(root='~/.cache/adpd/synthetic', n_images=None, quiet=False):
     if not quiet: say(f"synthetic data ({BENCH['level']}): {n} images in {d} ({time.time() - t:.1f}s)")
     w, h = parse_size(BENCH['image_size'])
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')        # counted skips (people with no labelled joint) are expected here
+        warnings.filterwarnings('ignore', category=SkipWarning)   # counted skips (people with no labelled joint) are expected here
         kw = dict(image_size=(w, h), heatmap_size=(w // 4, h // 4), fast_decode=True)   # synthetic: speed over exact pixels
         tr, va = CocoKeypoints(*splits['train'], **kw), CocoKeypoints(*splits['val'], train=False, **kw)
     return tr, va
+
+def bench_card(arch, spec, command='', metrics=None) -> ModelCard:
+    "The model card of a model `arch` trained on the benchmark (synthetic people, keypoints `spec`)."
+    w, h = parse_size(BENCH['image_size'])
+    return ModelCard(arch=arch, image_size=(w, h), spec=spec, heatmap_size=(w // 4, h // 4), command=command, metrics=metrics or {},
+                     data=data_provenance(f"synthetic-{BENCH['level']}-n{BENCH['n_images']}-seed{BENCH['data_seed']}", synthetic=True))
 
 # %% ../nbs/08a_recipes.ipynb #47bb2eed
 SHIPPED = dict(teacher=dict(model='fpn:resnet10t-d64', epochs=90, lr=5e-3, bs=32),
                student=dict(model='fpn:mobilenetv3_small_050-d32', epochs=30, lr=5e-3, bs=32))
 WEIGHTS = Path(importlib.import_module('adpd').__file__).parent / 'weights'   # the package's data folder
 
-def sha256(path) -> str:
-    "The sha256 hex digest of the file `path`."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()
-
-def ship_weights(model, name, role, meta, log=None, folder=WEIGHTS) -> dict:
-    "Write `model`'s weights in fp16 as `folder/{role}.pth`, and `{role}.json` (its `name`, `meta`, sha256), `{role}_log.csv`."
+def ship_weights(model, name, role, meta, log=None, folder=WEIGHTS, card:ModelCard|None=None) -> dict:
+    "Write `model`'s weights in fp16 as `folder/{role}.pth`, and `{role}.json` (its `name`, `meta`, sha256, `card`), `{role}_log.csv`."
     folder = Path(folder)
     sd = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in model.state_dict().items()}
     f = atomic_save(sd, folder / f'{role}.pth')
     info = dict(role=role, model=name, file=f.name, sha256=sha256(f), bytes=f.stat().st_size, storage='fp16', **meta)
+    if card is not None: info['card'] = card.to_dict()
     atomic_write_text(folder / f'{role}.json', json.dumps(info, indent=1))
     if log is not None and Path(log).is_file(): atomic_write_text(folder / f'{role}_log.csv', Path(log).read_text())
     for g in folder.glob(f'{role}*'): os.chmod(g, 0o644)   # package data: readable by everyone (atomic files start 0600)
     return info
 
 def shipped_model(role='teacher', folder=WEIGHTS) -> nn.Module:
-    "The model the package ships for the demo (`role`: 'teacher' or 'student'), its sha256 checked, in float32 and eval mode; `.shipped` holds its record."
+    "The model the package ships for the demo (`role`: 'teacher' or 'student'), read by `load_pose_model` (sha256 checked), float32, eval mode; `.shipped` holds its record, `.card` its card."
     folder = Path(folder)
     fj, fw = folder / f'{role}.json', folder / f'{role}.pth'
     if not fj.is_file() or not fw.is_file():
         raise TrainError(f"{fj if not fj.is_file() else fw}: no shipped {role}; train it with `adpd_train demo --train-{role}`")
-    try: info = json.loads(fj.read_text())
-    except ValueError as e: raise TrainError(f"{fj}: unreadable ({e})") from None
-    got = sha256(fw)
-    if got != info.get('sha256'):
-        raise TrainError(f"{fw}: sha256 {got[:16]}… does not match {info.get('sha256', '?')[:16]}… recorded in {fj.name}: the file is "
-                         f"corrupt or was replaced; reinstall the package or regenerate it with `adpd_train demo --train-{role}`")
-    m = model_from_name(info['model'])
-    m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_checkpoint(fw).items()})
-    m.shipped = info
-    return m.eval()
+    try: pm = load_pose_model(fw)             # its card and sha256 checked against `{role}.json`
+    except UserError as e: raise TrainError(str(e)) from None
+    m = pm.model
+    m.shipped, m.card = json.loads(fj.read_text()), pm.card
+    return m
 
 # %% ../nbs/08a_recipes.ipynb #a8c58bf5
 @dataclasses.dataclass(frozen=True)
@@ -229,32 +225,36 @@ class ShipConfig(FitConfig):
     image_size: str = BENCH['image_size']
     schedule: str = 'onecycle'
 
-def ship_config(role, epochs=None, seed=0) -> ShipConfig:
-    "The config that trains the shipped `role` (`epochs` to override the recipe's)."
+def ship_config(role, epochs=None, **kw) -> ShipConfig:
+    "The config that trains the shipped `role` (`epochs` to override the recipe's; `kw`: other fields, e.g. `seed`, `precision`, `lr`, `bs`)."
     r = SHIPPED[role]
-    return ShipConfig(role=role, model=r['model'], epochs=epochs or r['epochs'], lr=r['lr'], bs=r['bs'], seed=seed)
+    return ShipConfig(**{**dict(role=role, model=r['model'], epochs=epochs or r['epochs'], lr=r['lr'], bs=r['bs']), **kw})
 
-def train_shipped(c:ShipConfig, rt:Runtime, data, weights_dir=WEIGHTS) -> dict:
-    "Train the shipped model `c.role` on the benchmark `data = (train, valid)`, then ship it (fp16) with its recorded AP."
+def train_shipped(c:ShipConfig, rt:Runtime, data, weights_dir=WEIGHTS) -> RunResult:
+    "Train the shipped model `c.role` on the benchmark `data = (train, valid)`, then ship it (fp16) with its card and recorded AP."
     tr, va = data
-    run = Path(rt.out) / c.role
-    res = train_one(c, run, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
-                    lambda: model_from_name(c.model), name=c.role, part=True)
-    if res['stopped'] or rank_distrib() != 0: return res
+    out = Path(rt.out) / c.role
+    run = Run(c, out, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device), lambda: model_from_name(c.model),
+              name=c.role, part=True, card=bench_card(c.model, tr.spec, rt.command))
+    res = run.train()
+    if res.stopped or rank_distrib() != 0: return res
     hw = f"{os.cpu_count()} CPU cores, torch {torch.__version__}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
-    meta = dict(config=c.to_dict(), train_time_s=res['train_time'], hardware=hw, params=res['params'], trained=time.strftime('%Y-%m-%d'))
-    info = ship_weights(res['model'], c.model, c.role, meta, run / 'log.csv', weights_dir)
-    m = shipped_model(c.role, weights_dir)            # what users get: the fp16-stored weights, read back
-    info['metrics'] = {k: round(v, 4) for k, v in coco_evaluate(m, va, flip=True, bs=64).items()}
-    atomic_write_text(Path(weights_dir) / f'{c.role}.json', json.dumps(info, indent=1))
-    say(f"shipped {c.role} {c.model}: AP {info['metrics']['AP']:.3f} → {Path(weights_dir) / (c.role + '.pth')} "
+    meta = dict(config=c.to_dict(), train_time_s=res.train_time, hardware=hw, params=res.params, trained=time.strftime('%Y-%m-%d'))
+    card = bench_card(c.model, tr.spec, rt.command)
+    ship_weights(run.models['student'], c.model, c.role, meta, out / 'log.csv', weights_dir, card)
+    m = shipped_model(c.role, weights_dir)             # what users get: the fp16-stored weights, read back and checked
+    metrics = {k: round(v, 4) for k, v in coco_evaluate(m, va, flip=True, bs=64).items()}
+    info, fj = dict(m.shipped, metrics=metrics, card=card.replace(metrics=metrics).to_dict()), Path(weights_dir) / f'{c.role}.json'
+    atomic_write_text(fj, json.dumps(info, indent=1)); os.chmod(fj, 0o644)
+    say(f"shipped {c.role} {c.model}: AP {metrics['AP']:.3f} → {Path(weights_dir) / (c.role + '.pth')} "
         f"({info['bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]}…)")
     return res
 
 # %% ../nbs/08a_recipes.ipynb #5ae824b3
 @dataclasses.dataclass(frozen=True)
-class DemoConfig(KDConfig):
+class DemoConfig(RunConfig, KDConfig):
     "The demo: for every seed of `seeds`, one cohort of the shipped student fine-tuned with each KD method of `kd`, from the shipped teacher."
+    precision: str = 'fp32'
     kd: tuple = KD_KINDS
     seeds: tuple = (0, 1, 2)
     epochs: int = 2
@@ -275,9 +275,9 @@ class DemoCohort(CohortConfig):
     schedule: str = 'onecycle'
 
 def demo_cohort(c:DemoConfig, seed) -> DemoCohort:
-    "The cohort run of `c` for `seed`: one member per KD method, named by it."
+    "The cohort run of `c` for `seed`: one member per KD method, named by it, with `c`'s distillation settings."
     return DemoCohort(members=tuple((kd, kd) for kd in c.kd), seed=seed, epochs=c.epochs, lr=c.lr, bs=c.bs, n_images=c.n_images,
-                      teacher=c.teacher, student=c.student, **c.kd_settings())
+                      teacher=c.teacher, student=c.student, precision=c.precision, **dataclasses.asdict(KDConfig.of(c)))
 
 # %% ../nbs/08a_recipes.ipynb #a9fab7c2
 def _table(rows, cols):
@@ -296,19 +296,21 @@ def mean_std(xs, f='{:.3f}'):
     if not xs: return ''
     return f.format(np.mean(xs)) + (' ± ' + f.replace('+', '').format(np.std(xs, ddof=1)) if len(xs) > 1 else '')
 
+def _series(history, k):
+    "The values of column `k` over the epochs of `history` (a `RunResult.history`), NaN where an epoch has none."
+    return [float('nan') if h.get(k) is None else float(h[k]) for h in history]
+
 def plot_curves(runs, fname):
-    """Per-epoch curves of `runs` (`{label: log.csv path}`, or `{label: (path, prefix)}` for a cohort member's columns `<prefix>pck`, ...):
-    train pose loss, valid PCK, KD/pose gradient ratio, ADPD's weights; saved to `fname`."""
+    """Per-epoch curves of `runs` (`{label: history}`, a `RunResult.history`, or `{label: (history, prefix)}` for a cohort member's
+    columns `<prefix>pck`, ...): train pose loss, valid PCK, KD/pose gradient ratio, ADPD's weights; saved to `fname`."""
     import matplotlib
     if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 4, figsize=(17, 3.6))
-    for i, (label, f) in enumerate(runs.items()):
-        f, p = f if isinstance(f, tuple) else (f, '')
-        rows = list(csv.DictReader(io.StringIO(Path(f).read_text())))
-        ep = [int(r['epoch']) + 1 for r in rows]
-        get = lambda k: [float(r[p + k]) if r.get(p + k) not in (None, '', 'None') else float('nan') for r in rows]
-        has, c = lambda k: p + k in rows[0], f'C{i}'
+    for i, (label, h) in enumerate(runs.items()):
+        h, p = h if isinstance(h, tuple) else (h, '')
+        if not h: continue
+        ep, get, has, c = [r['epoch'] + 1 for r in h], lambda k: _series(h, p + k), lambda k: p + k in h[0], f'C{i}'
         axs[0].plot(ep, get('train_pose') if has('train_pose') else get('train_loss'), c=c, marker='.', label=label)
         axs[1].plot(ep, get('pck'), c=c, marker='.', label=label)
         if has('kd_grad'): axs[2].semilogy(ep, get('kd_grad'), c=c, marker='.', label=label)
@@ -324,10 +326,10 @@ def plot_curves(runs, fname):
 
 _KD_COLS = ('train_kd', 'kd_grad', 'w_BiKD', 'w_KAD', 'w_NAD')
 
-def kd_summary(logs, prefix='') -> str:
-    "What the ADPD runs' `logs` (log.csv files; `prefix`: a cohort member's) recorded: the range of the epoch-mean weights, KD loss and `kd_grad`."
-    rows = [r for f in logs if Path(f).is_file() for r in csv.DictReader(io.StringIO(Path(f).read_text()))]
-    get = lambda *ks: [float(r[prefix + k]) for r in rows for k in ks if r.get(prefix + k) not in (None, '', 'None', 'nan')]
+def kd_summary(histories, prefix='') -> str:
+    "What the ADPD runs' `histories` (`RunResult.history` each; `prefix`: a cohort member's columns) recorded: the range of the epoch-mean weights, KD loss and `kd_grad`."
+    rows = [r for h in histories for r in h]
+    get = lambda *ks: [v for k in ks for v in _series(rows, prefix + k) if not np.isnan(v)]
     w, kd, g = get('w_BiKD', 'w_KAD', 'w_NAD'), get('train_kd'), get('kd_grad')
     if not (w and kd): return ''
     return (f"weights {min(w):.3g}–{max(w):.3g}, KD loss {min(kd):.3g}–{max(kd):.3g}"
@@ -390,7 +392,7 @@ def _demo_report(c:DemoConfig, out, per_seed, scores, speed, models, logs, runs,
     wr.writerow(dict(bres, name='student (shipped)', kd='', seed='', model=sname, params=n_params(base))); wr.writerows(per_seed)
     atomic_write_text(out / 'results.csv', buf.getvalue())
     atomic_write_text(out / 'results.md', table + note)
-    if all(f.is_file() for f, _ in logs.values()): plot_curves(logs, out / 'curves.png')
+    if logs: plot_curves(logs, out / 'curves.png')
     print('\n' + table + note.rstrip(), flush=True)
     print(f"written: {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.png'}", flush=True)
 
@@ -424,17 +426,15 @@ def run_demo(c:DemoConfig, rt:Runtime, data_root='~/.cache/adpd/synthetic', weig
         return ms
     per_seed, logs, runs = [], {}, []
     for seed in c.seeds:
-        run = out / f'seed{seed}'
-        r = train_cohort(demo_cohort(c, seed), run, rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
-                         make_students, teacher, evaluate=evaluate, name=f'cohort (seed {seed})', part=True,
-                         card=dict(model=arch, image_size=BENCH['image_size']))
-        if r['stopped']: return per_seed
-        last = (r['history'] or [{}])[-1]
-        for kd, m in r['members'].items():
+        r = Run(demo_cohort(c, seed), out / f'seed{seed}', rt, lambda: pose_dls(tr, va, bs=c.bs, num_workers=rt.workers, device=rt.device),
+                make_students, teacher, evaluate=evaluate, name=f'cohort (seed {seed})', part=True, card=bench_card(arch, tr.spec, rt.command)).train()
+        if r.stopped: return per_seed
+        last = (r.history or ({},))[-1]
+        for kd, m in r.members.items():
             label = 'student, no KD' if kd == 'none' else f'student + {kd.upper()}'
-            per_seed.append(dict(m.get('metrics', {}), name=label, kd=kd, seed=seed, pck=last.get(f'{kd}_pck'), train_time=r['train_time'],
-                                 model=arch, params=m['params'], **{k: last.get(f'{kd}_{k}') for k in _KD_COLS if f'{kd}_{k}' in last}))
-            if seed == c.seeds[0]: logs[label] = (run / 'log.csv', f'{kd}_')
-        runs.append(run / 'log.csv')
+            per_seed.append(dict(m.metrics, name=label, kd=kd, seed=seed, pck=last.get(f'{kd}_pck'), train_time=r.train_time,
+                                 model=arch, params=m.params, **{k: last.get(f'{kd}_{k}') for k in _KD_COLS if f'{kd}_{k}' in last}))
+            if seed == c.seeds[0]: logs[label] = (r.history, f'{kd}_')
+        runs.append(r.history)
     if rank_distrib() == 0: _demo_report(c, out, per_seed, scores, speed, (teacher, base), logs, runs, (tr, va), time.time() - t0)
     return per_seed

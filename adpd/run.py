@@ -17,23 +17,22 @@ from fastai.callback.tracker import TrackerCallback
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.optimizer import Adam
 from fastai.torch_core import set_seed, rank_distrib, num_distrib
+from fastcore.basics import store_attr
 from fastai.distributed import DistributedDL
-from .core import atomic_write, atomic_write_text, unwrap, n_params
+from .core import UserError, atomic_write, atomic_write_text, unwrap, n_params
+from .losses import KDConfig
 from .learner import distill_learner, distill_cohort, with_eval, DistillCallback
-from .models import read_checkpoint, CheckpointError
+from .models import read_checkpoint, CheckpointError, ModelCard, write_card, read_card, CARD_FILE
 
 # %% auto #0
 __all__ = ['TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'check_finite', 'rng_state',
-           'set_rng_state', 'RunConfig', 'KDConfig', 'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'open_run',
-           'StepLR', 'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier',
-           'RunCheckpoint', 'RunLog', 'FiniteLossGuard', 'fit_run', 'digest', 'read_results', 'train_one', 'MemberBest',
-           'train_cohort']
+           'set_rng_state', 'RunConfig', 'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'open_run', 'StepLR',
+           'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint',
+           'RunLog', 'FiniteLossGuard', 'fit_run', 'digest', 'MemberBest', 'MemberResult', 'RunResult', 'Run']
 
 # %% ../nbs/08_run.ipynb #97b5e0c3
-class TrainError(Exception):
-    "A problem the user can fix (missing data, a checkpoint that does not fit, a run folder in use): `adpd_train` prints it and exits with 2."
-    def __init__(self, msg): super().__init__(msg); self.msg = msg
-    def __str__(self): return self.msg   # as raised, also from a callback (fastai prefixes the event to the exception's args)
+class TrainError(UserError):
+    "A problem the user can fix while training (missing data, a checkpoint that does not fit, a run folder in use): a `UserError`, so `adpd_train` prints it in one line and exits with 2."
 
 def say(*args):
     "Print on rank 0 only (every process of a multi-GPU run executes the same code)."
@@ -120,23 +119,9 @@ class RunConfig:
         return ', '.join(out)
 
 @dataclasses.dataclass(frozen=True)
-class KDConfig(RunConfig):
-    "How a student learns from its teacher: the settings every command shares."
-    alpha: float = .5
-    T: float = 1.
-    thr: float = .5
-    weight_lr: float|None = None   # peak lr of a learnable KD loss (ADPD's weight net); None: the student's
-    detach: bool = True
-    bound: bool = True
-    faithful: bool = False
-    dkd_weights: tuple = (1., 1., 1.)   # DKD's fixed BiKD, KAD, NAD weights
-    precision: str = 'fp32'
-
-    def kd_settings(self) -> dict: return {f.name: getattr(self, f.name) for f in dataclasses.fields(KDConfig)}
-
-@dataclasses.dataclass(frozen=True)
-class FitConfig(KDConfig):
-    "What one training run computes: everything `train_one` reads."
+class FitConfig(RunConfig, KDConfig):
+    "What one training run computes: the distillation settings (`KDConfig`'s fields and defaults), the precision and the schedule."
+    precision: str = 'fp32'     # fp32, fp16 or bf16 (mixed precision)
     kd: str = 'none'            # none, fpd, kl, dkd or adpd
     epochs: int = 1
     lr: float = 1e-3
@@ -162,6 +147,7 @@ class Runtime:
     threads: int|None = None
     device: str = 'cpu'
     bar: bool = True
+    command: str = ''             # the command line that started it, for the model cards
 
 # %% ../nbs/08_run.ipynb #1e2e7ab9
 def _listing(d):
@@ -276,18 +262,23 @@ def _to_device(o, dev):
     if isinstance(o, (list, tuple)): return type(o)(_to_device(v, dev) for v in o)
     return o
 
+def _cards(cards:dict|None) -> dict:
+    "The checkpoint's entries for the model cards `{member: card dict}`: `card` for one member, `member_cards` for several."
+    cards = cards or {}
+    return dict(card=next(iter(cards.values()))) if len(cards) == 1 else dict(card=None, member_cards=cards)
+
 def _stateful(learn, but=None) -> dict:
     "The learner's callbacks that have `state_dict`/`load_state_dict`, by name."
     return {cb.name: cb for cb in learn.cbs if cb is not but and callable(getattr(type(cb), 'state_dict', None))}
 
 # %% ../nbs/08_run.ipynb #78bc8454
-class RunCheckpoint(TrackerCallback):
-    "Write the run's whole state atomically to `run_dir/checkpoint.pth` after every epoch (rank 0), `best.pth` when `monitor` improves (`save_best`)."
-    order = TrackerCallback.order + 1           # after the Recorder (50) has the epoch's metrics
-    def __init__(self, run_dir, config:RunConfig, monitor='valid_loss', comp=None, stop_after=None, save_best=True):
-        super().__init__(monitor=monitor, comp=comp, reset_on_fit=False)
-        self.run_dir, self.config, self.stop_after, self.save_best = Path(run_dir), config, stop_after, save_best
-        self.start, self.pending, self.history, self.best_epoch, self.elapsed0, self.stopped = 0, None, [], None, 0., False
+class RunCheckpoint(Callback):
+    """Write the run's whole state atomically to `run_dir/checkpoint.pth` after every epoch (rank 0) with the model cards `card`
+    (`{member: card dict}`: a single run's one card is the checkpoint's `card`, a cohort's are its `member_cards`); restore it on resume."""
+    order = TrackerCallback.order + 1           # after the Recorder (50) and the trackers (60) have the epoch's values
+    def __init__(self, run_dir, config:RunConfig, stop_after=None, card:dict|None=None):
+        self.run_dir, self.config, self.stop_after, self.card = Path(run_dir), config, stop_after, card
+        self.start, self.pending, self.history, self.elapsed0, self.stopped = 0, None, [], 0., False
 
     @property
     def elapsed(self): return self.elapsed0 + time.time() - self.t0
@@ -295,33 +286,27 @@ class RunCheckpoint(TrackerCallback):
     def state_dict(self) -> dict:
         "The run's state after the current epoch (all processes call it: it gathers every process's RNGs)."
         sm, scaler = self.recorder.smooth_loss, getattr(self.learn, 'scaler', None)
-        return dict(format='adpd-run', version=2, epoch=self.epoch + 1, n_epoch=self.n_epoch, config=self.config.to_dict(),
-                    model=unwrap(self.model).state_dict(), opt=self.opt.state_dict(),
+        return dict(format='adpd-run', version=3, epoch=self.epoch + 1, n_epoch=self.n_epoch, config=self.config.to_dict(),
+                    **_cards(self.card), model=unwrap(self.model).state_dict(), opt=self.opt.state_dict(),
                     callbacks={n: cb.state_dict() for n, cb in _stateful(self.learn, self).items()},
                     rng=_gather(rng_state(self.loaders)), smooth=(torch.as_tensor(sm.val).detach().cpu(), sm.count),
-                    scaler=scaler.state_dict() if scaler is not None else None, best=self.best, best_epoch=self.best_epoch,
-                    monitor=self.monitor, history=self.history, elapsed=self.elapsed)
+                    scaler=scaler.state_dict() if scaler is not None else None, history=self.history, elapsed=self.elapsed)
 
     def load_state_dict(self, state:dict):
         "Restore a `state_dict` into the learner: model, optimizer, callbacks now; RNGs, smoothed loss and scaler when fitting resumes."
         if state.get('format') != 'adpd-run': raise TrainError(f"{self.run_dir}: not an adpd_train checkpoint")
-        diff = self.config.differs(state['config'])
-        if diff: raise TrainError(f"{self.run_dir}: checkpoint of another run (config differs: {diff})")
         learn, dev = self.learn, self.learn.dls.device or 'cpu'
         learn.model.to(dev)
         unwrap(learn.model).load_state_dict(state['model'])
         if learn.opt is None: learn.create_opt()
         opt = _to_device(state['opt'], dev)
         learn.opt.load_state_dict(dict(opt, hypers=L(opt['hypers'])))
-        saved = state.get('callbacks') or ({'distill': dict(kd_loss=state['kd_loss'])} if state.get('kd_loss') else {})   # version 1
-        cbs = _stateful(learn, self)
+        saved, cbs = state.get('callbacks') or {}, _stateful(learn, self)
         if saved.keys() != cbs.keys(): raise TrainError(f"{self.run_dir}: checkpoint has the state of callbacks {sorted(saved)}, this run has {sorted(cbs)}")
         for n, cb in cbs.items(): cb.load_state_dict(_to_device(saved[n], dev))
-        self.start, self.pending, self.best, self.best_epoch = state['epoch'], state, state['best'], state['best_epoch']
-        self.history, self.elapsed0 = list(state['history']), state['elapsed']
+        self.start, self.pending, self.history, self.elapsed0 = state['epoch'], state, list(state['history']), state['elapsed']
 
     def before_fit(self):
-        super().before_fit()
         self.loaders, self.t0 = [getattr(dl, 'dl', dl) for dl in self.dls.loaders], time.time()   # the fastai loaders, under RankDL too
         p = self.pending
         if p and p.get('scaler') and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(p['scaler'])
@@ -342,15 +327,11 @@ class RunCheckpoint(TrackerCallback):
             h = self.history[self.epoch]
             self.recorder.values[-1] = [h.get(n) for n in names]
             return
-        super().after_epoch()
         vals = [None if v is None else float(v) for v in self.recorder.values[-1]]
         self.history.append(dict(epoch=self.epoch, **dict(zip(names, vals))))
-        if self.new_best: self.best_epoch = self.epoch
         state = self.state_dict()
         check_finite(state['model'], self.run_dir / 'checkpoint.pth')
-        if rank_distrib() == 0:
-            if self.new_best and self.save_best: atomic_save(state['model'], self.run_dir / 'best.pth')
-            atomic_save(state, self.run_dir / 'checkpoint.pth')
+        if rank_distrib() == 0: atomic_save(state, self.run_dir / 'checkpoint.pth')
         if self.stop_after and self.epoch + 1 >= self.stop_after and self.epoch + 1 < self.n_epoch:
             self.stopped = True
             raise CancelFitException()
@@ -394,8 +375,8 @@ class FiniteLossGuard(Callback):
 
     def terms(self) -> dict:
         "The terms the training loss is made of: those the KD loss recorded (ground-truth MSE `pose`, `kd`), else the loss itself."
-        d = getattr(self.learn, 'distiller', None)
-        last = getattr(getattr(d, 'kd_loss', None), 'last', {}) if d in self.learn.cbs else {}
+        d = getattr(self.learn, 'distill', None)                 # the DistillCallback, when the run distils
+        last = getattr(d, 'kd_loss', None).last if isinstance(d, DistillCallback) else {}
         got = {k: v for k, v in last.items() if k in ('pose', 'kd') or k.endswith(('_train_pose', '_train_kd'))}   # a cohort's per member
         return got or dict(pose=self.learn.loss_grad)
 
@@ -411,21 +392,21 @@ def _resume_state(path):
         raise TrainError(f"{e}; cannot resume from it. The run's other files ({others}) are untouched: restore {path.name}, or delete "
                          f"it and run without --resume to start again from epoch 0") from None
 
-def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, monitor='valid_loss', comp=None, cbs=(), save_best=True) -> RunCheckpoint:
-    "Fit `learn` as the run `config` in `run_dir` (CSV log, checkpoint every epoch), continuing `resume_from` exactly; the `RunCheckpoint`."
+def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, cbs=(), card=None) -> RunCheckpoint:
+    """Fit `learn` as the run `config` in `run_dir` (CSV log, checkpoint every epoch carrying `card`), continuing `resume_from`
+    exactly (nothing left to train if it is the last epoch's); the `RunCheckpoint`."""
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_tmp(run_dir)
-    ck, log = RunCheckpoint(run_dir, config, monitor, comp, stop_after, save_best), RunLog(run_dir / 'log.csv')
+    ck, log = RunCheckpoint(run_dir, config, stop_after, card), RunLog(run_dir / 'log.csv')
     cbs = [ck, schedule_cb(config.schedule, learn.lr, config.lr_steps, config.lr_factor), FiniteLossGuard(), *cbs] + ([log] if rank_distrib() == 0 else [])
     with learn.added_cbs(cbs):                   # every callback of the run is there when its state is loaded
         if resume_from is not None: ck.load_state_dict(_resume_state(resume_from))
-        log.keep = ck.start
+        log.keep, ck.t0 = ck.start, time.time()
         if ck.start < config.epochs:
             with maybe_distrib(learn), warnings.catch_warnings():
                 warnings.filterwarnings('ignore', message='.*(upsample_bilinear2d|not a multiple).*')
                 learn.fit(config.epochs, learn.lr, start_epoch=ck.start)
-        else: ck.t0 = time.time()                # finished before: nothing left to train
     return ck
 
 # %% ../nbs/08_run.ipynb #bba2445b
@@ -441,61 +422,12 @@ def _epoch_line(learn):
     fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
     return lambda vals: say('  ' + '  '.join(f'{n} {fmt(v)}' for n, v in zip(learn.recorder.metric_names, vals)))
 
-# %% ../nbs/08_run.ipynb #5ee90f43
-_RESULT_KEYS = ('params', 'epochs', 'train_time', 'history', 'stopped')
-
-def read_results(done) -> dict:
-    "The `results.json` of a finished run; `TrainError` naming the file if it is not one."
-    redo = "; delete it and --resume again to rebuild it from checkpoint.pth (the final model is evaluated again)"
-    try: res = json.loads(Path(done).read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise TrainError(f"{done}: corrupt results file ({type(e).__name__}: {e}){redo}") from None
-    if not isinstance(res, dict): raise TrainError(f"{done}: corrupt results file (a JSON {type(res).__name__}, not an object){redo}")
-    miss = [k for k in _RESULT_KEYS if k not in res]
-    if miss: raise TrainError(f"{done}: corrupt results file (no {', '.join(miss)}){redo}")
-    return res
-
-def _read_final(run_dir, make_student, done):
-    "The final model of a finished run, from `final.pth`; `TrainError` naming the file if it is missing or unreadable."
-    f, redo = run_dir / 'final.pth', f"delete {done.name} and --resume again to write it from checkpoint.pth (the final model is evaluated again)"
-    if not f.is_file(): raise TrainError(f"{f}: missing, though {done.name} says the run finished; {redo}")
-    model = make_student()
-    try: model.load_state_dict(load_checkpoint(f))
-    except TrainError as e: raise TrainError(f"{e}; {redo}") from None
-    except RuntimeError as e: raise TrainError(f"{f}: does not fit the run's model ({str(e).strip().splitlines()[0][:200]}); {redo}") from None
-    return model
-
-def _claim(c, run_dir, rt, part):
-    "Claim `run_dir` for the run `c`: `(checkpoint to resume from, results.json, its results if the run finished before, else None)`."
-    resume_from = open_run(run_dir, c, rt.resume, part)
-    barrier()
-    done = run_dir / 'results.json'
-    finished = rt.resume and done.is_file() and resume_from is not None
-    return resume_from, done, read_results(done) if finished else None
-
-def _monitor(during, eval_every, eval_names):
-    "The column a run keeps its best model by: the first evaluation column when it evaluates during training, else `valid_loss`."
-    return eval_names[0] if during is not None and eval_every else 'valid_loss'
-
-def _fit(learn, c, rt, run_dir, resume_from, during, eval_every, eval_names, cbs=(), save_best=True):
-    "Precision, evaluation during training, logging, then `fit_run`: the `RunCheckpoint` and the monitored column."
-    if c.precision == 'fp16': learn.to_fp16()
-    elif c.precision == 'bf16': learn.to_bf16()
-    if during is not None and eval_every: with_eval(learn, during, eval_names, eval_every)
-    monitor = _monitor(during, eval_every, eval_names)
-    if not rt.bar: learn.logger = _epoch_line(learn)
-    set_seed(c.seed)
-    with (contextlib.nullcontext() if rt.bar else learn.no_bar()):
-        return fit_run(learn, run_dir, c, resume_from, rt.stop_after, monitor, cbs=cbs, save_best=save_best), monitor
-
-def _save_final(model, run_dir, evaluate, res):
-    "Write `model` as `run_dir/final.pth` (refusing non-finite weights) and add `evaluate(model)` to `res` (rank 0)."
-    check_finite(model.state_dict(), run_dir / 'final.pth')
-    atomic_save(model.state_dict(), run_dir / 'final.pth')
-    if evaluate is not None:
-        t = time.time()
-        res['metrics'] = evaluate(model)
-        res['eval_time'] = round(time.time() - t, 1)
-    return res
+def _from_rank0(obj):
+    "Rank 0's `obj` on every process (`broadcast_object_list`); `obj` itself in a single process."
+    if num_distrib() <= 1 or not dist.is_initialized(): return obj
+    box = [obj]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
 
 def _say_digest(name, model, kd_loss, w0):
     "In a multi-process run, print this process's digest of `model` and of the KD loss's parameters (initially `w0`): equal on every rank."
@@ -503,59 +435,25 @@ def _say_digest(name, model, kd_loss, w0):
     print(f"rank {rank_distrib()}/{num_distrib()}: {name} student {digest(model.parameters())} weight net "
           + (f"{digest(wp)} (initially {w0})" if wp else '-'), flush=True)
 
-def _write_results(done, res):
-    "Write `results.json` on rank 0; every rank returns rank 0's results."
-    if rank_distrib() == 0: guarded_write(done, lambda: atomic_write_text(done, json.dumps(res, indent=1)))
-    barrier()
-    return res if rank_distrib() == 0 else json.loads(done.read_text())
-
-def train_one(config:FitConfig, run_dir, rt:Runtime, make_dls, make_student, teacher=None, evaluate=None, during=None, eval_every=0,
-              eval_names=('AP', 'AP50'), name='', part=False) -> dict:
-    """Train (or resume, or read back) the run `config` in `run_dir`; its results dict (metrics, time, params, stopped, model).
-    `evaluate(model) -> dict` scores the final model; `during` (default: `evaluate`) every `eval_every` epochs, `eval_names` as columns;
-    `part`: the run is one stage of a command (see `open_run`)."""
-    c, run_dir = config, Path(run_dir).expanduser().absolute()
-    resume_from, done, res = _claim(c, run_dir, rt, part)
-    if res is not None:
-        say(f"{name}: finished before, results read from {done}")
-        return dict(res, model=_read_final(run_dir, make_student, done))
-    set_seed(c.seed)
-    dls, student = make_dls(), make_student()
-    init = digest(student.state_dict().values())
-    kd = None if c.kd == 'none' else c.kd
-    learn = distill_learner(dls, student, teacher, kd=kd, alpha=c.alpha, T=c.T, thr=c.thr, weight_lr_mult=c.weight_lr and c.weight_lr / c.lr,
-                            detach=c.detach, bound=c.bound, faithful=c.faithful, dkd_weights=c.dkd_weights, opt_func=paper_adam, lr=c.lr,
-                            path=run_dir, model_dir='.')
-    w0 = digest(learn.distiller.kd_loss.parameters()) if kd else None
-    say(f"{name}: {n_params(student) / 1e6:.2f}M parameters, {len(dls.train.dataset)} training samples, {c.epochs} epochs, kd={c.kd} → {run_dir}")
-    ck, monitor = _fit(learn, c, rt, run_dir, resume_from, during or evaluate, eval_every, eval_names)
-    model = unwrap(learn.model)
-    res = dict(name=name, params=n_params(model), init_digest=init, epochs=c.epochs, kd=c.kd, train_time=round(ck.elapsed, 1),
-               best=ck.best if ck.best_epoch is not None else None, best_epoch=ck.best_epoch, monitor=monitor, history=ck.history, stopped=ck.stopped)
-    if ck.stopped:
-        say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
-        return dict(res, model=model, learn=learn)
-    if num_distrib() > 1: _say_digest(name, model, learn.distiller.kd_loss if kd else None, w0)
-    if rank_distrib() == 0: _save_final(model, run_dir, evaluate, res)
-    return dict(_write_results(done, res), model=model, learn=learn)
-
-# %% ../nbs/08_run.ipynb #75293f3f
+# %% ../nbs/08_run.ipynb #5ee90f43
 class MemberBest(Callback):
-    "In a cohort run, write each member's `run_dir/<name>/best.pth` (a standalone student) when its own `<name>_<monitor>` improves."
+    """Write each member's `best.pth` (a standalone student, in its folder) when its own monitored column improves: `<monitor>` in a
+    single run, `<name>_<monitor>` in a cohort. `members`: `{name: (model, folder)}`."""
     order = TrackerCallback.order          # after the Recorder (50) has the epoch's values, before `RunCheckpoint` saves this state
-    def __init__(self, run_dir, monitor='valid_loss'):
-        self.run_dir, self.monitor, self.comp = Path(run_dir), monitor, np.less if 'loss' in monitor else np.greater
+    def __init__(self, members:dict, monitor='valid_loss', prefix=False):
+        store_attr()
+        self.comp = np.less if 'loss' in monitor else np.greater
         self.best, self.best_epoch, self.next = {}, {}, 0
 
     def after_epoch(self):
         if not self.run or self.epoch < self.next: return          # an epoch that a resumed run skips
         vals = dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))
-        for n, m in unwrap(self.model).members.items():
-            v = vals.get(f'{n}_{self.monitor}')
+        for n, (m, folder) in self.members.items():
+            v = vals.get(f'{n}_{self.monitor}' if self.prefix else self.monitor)
             if v is None or not math.isfinite(v) or (n in self.best and not self.comp(v, self.best[n])): continue
             self.best[n], self.best_epoch[n] = float(v), self.epoch
             if rank_distrib() == 0:
-                sd, f = m.state_dict(), self.run_dir / n / 'best.pth'
+                sd, f = m.state_dict(), Path(folder) / 'best.pth'
                 check_finite(sd, f)
                 atomic_save(sd, f)
         self.next = self.epoch + 1
@@ -563,49 +461,153 @@ class MemberBest(Callback):
     def state_dict(self) -> dict: return dict(best=self.best, best_epoch=self.best_epoch, next=self.next)
     def load_state_dict(self, sd:dict): self.best, self.best_epoch, self.next = dict(sd['best']), dict(sd['best_epoch']), sd['next']
 
-# %% ../nbs/08_run.ipynb #3a9a41e1
+# %% ../nbs/08_run.ipynb #9d955d82
+@dataclasses.dataclass(frozen=True)
+class MemberResult:
+    "One member (student) of a run: its KD, folder, size, best value of the monitored column (and its epoch), final metrics."
+    kd: str
+    folder: str
+    params: int
+    best: float|None = None
+    best_epoch: int|None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+    eval_time: float|None = None
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    "What a run hands back (`Run.finish`), the same on every process: `history` has one dict of recorder values per epoch."
+    name: str
+    kd: str
+    epochs: int
+    monitor: str
+    train_time: float
+    history: tuple
+    stopped: bool
+    members: dict           # name → MemberResult
+
+    @property
+    def params(self) -> int: return sum(m.params for m in self.members.values())
+    @property
+    def member(self) -> MemberResult:
+        "The one member of a single run."
+        if len(self.members) != 1: raise AttributeError(f"{self.name}: a run of {len(self.members)} members; pick one of `members`")
+        return next(iter(self.members.values()))
+    @property
+    def metrics(self) -> dict: return self.member.metrics
+
+    def to_dict(self) -> dict:
+        "A JSON-ready dict (`results.json`); a single run's member fields also at the top level."
+        d = dict(dataclasses.asdict(self), params=self.params)
+        if len(self.members) == 1: d.update({k: v for k, v in dataclasses.asdict(self.member).items() if k != 'folder'})
+        return d
+
+# %% ../nbs/08_run.ipynb #9e13f915
 def _member_evaluator(fn):
     "`fn(model) -> dict` for each member of a cohort, the keys prefixed with the member's name."
     return None if fn is None else lambda cohort: {f'{n}_{k}': v for n, m in cohort.members.items() for k, v in fn(m).items()}
 
-def train_cohort(config:CohortConfig, run_dir, rt:Runtime, make_dls, make_students, teacher, evaluate=None, during=None, eval_every=0,
-                 eval_names=('AP', 'AP50'), name='', part=False, card=None) -> dict:
-    """Train (or resume, or read back) the cohort run `config` in `run_dir`: `make_students() -> {name: model}` for the members of
-    `config.members`, distilled from `teacher` together. Each member is saved in `run_dir/<name>/` (best.pth, final.pth and a
-    `config.json` of `card` — e.g. `dict(model=..., image_size=...)` — with its KD). Results: `members` maps each name to its own
-    (metrics by `evaluate`, best, params, model); the rest as `train_one`'s."""
-    c, run_dir = config, Path(run_dir).expanduser().absolute()
-    kinds = dict(c.members)
-    resume_from, done, res = _claim(c, run_dir, rt, part)
-    if res is not None:
-        say(f"{name}: finished before, results read from {done}")
-        models = make_students()
-        for n, m in models.items(): res['members'][n]['model'] = _read_final(run_dir / n, lambda: m, done)
-        return res
-    set_seed(c.seed)
-    dls, students = make_dls(), make_students()
-    if set(students) != set(kinds): raise TrainError(f"{name}: the students {sorted(students)} are not the members {sorted(kinds)}")
-    learn = distill_cohort(dls, teacher, {n: (students[n], kinds[n]) for n in kinds}, alpha=c.alpha, T=c.T, thr=c.thr,
-                           weight_lr_mult=c.weight_lr and c.weight_lr / c.lr, detach=c.detach, bound=c.bound, faithful=c.faithful,
-                           dkd_weights=c.dkd_weights, opt_func=paper_adam, lr=c.lr, path=run_dir, model_dir='.')
-    w0 = {n: digest(f.parameters()) for n, f in learn.distiller.kd_loss.losses.items()}
-    if rank_distrib() == 0:
-        for n, kd in kinds.items():
-            atomic_write_text(run_dir / n / 'config.json', json.dumps(dict(card or {}, member=n, kd=kd, cohort=str(run_dir)), indent=1))
-    say(f"{name}: {len(kinds)} students ({', '.join(kinds)}), {len(dls.train.dataset)} training samples, {c.epochs} epochs → {run_dir}")
-    names = tuple(f'{n}_{k}' for n in kinds for k in eval_names)
-    best = MemberBest(run_dir, _monitor(during or evaluate, eval_every, eval_names))
-    ck, monitor = _fit(learn, c, rt, run_dir, resume_from, _member_evaluator(during or evaluate), eval_every, names, cbs=[best], save_best=False)
-    res = dict(name=name, params=sum(n_params(m) for m in students.values()), epochs=c.epochs, kd=c.kd, train_time=round(ck.elapsed, 1),
-               monitor=best.monitor, history=ck.history, stopped=ck.stopped,
-               members={n: dict(kd=kinds[n], params=n_params(m), best=best.best.get(n), best_epoch=best.best_epoch.get(n)) for n, m in students.items()})
-    if ck.stopped:
-        say(f"{name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
-        return dict(res, learn=learn)
-    if num_distrib() > 1:
-        for n, m in students.items(): _say_digest(f'{name} {n}', m, learn.distiller.kd_loss.losses[n], w0[n])
-    if rank_distrib() == 0:
-        for n, m in students.items(): _save_final(m, run_dir / n, evaluate, res['members'][n])
-    res = _write_results(done, res)
-    for n, m in students.items(): res['members'][n]['model'] = m
-    return dict(res, learn=learn)
+def _write_card(card:ModelCard, path):
+    "`write_card(card, path)` (atomic); a full disk is a `TrainError`."
+    guarded_write(path, lambda: write_card(card, path))
+
+class Run:
+    """One training run with a life: `open()` claims `run_dir` (its config checked once) and builds the learner, `fit()` trains from
+    where it stopped, `finish()` saves and scores each member and hands back the frozen `RunResult` (`train()` does all three).
+    `make_students()` gives the model (a `FitConfig`) or `{name: model}` for `config.members` (a `CohortConfig`);
+    `evaluate(model) -> dict` scores each final model (on rank 0), `during` (default `evaluate`) every `eval_every` epochs,
+    `eval_names` its columns; `card`: the `ModelCard` of the students (one, or `{name: card}`), written as each member's
+    `card.json` (its metrics added by `finish`) and carried by `checkpoint.pth`; `part`: the run is one stage of a command (see `open_run`)."""
+    def __init__(self, config:FitConfig, run_dir, rt:Runtime, make_dls, make_students, teacher=None, evaluate=None, during=None,
+                 eval_every=0, eval_names=('AP', 'AP50'), name='', part=False, card=None):
+        store_attr('config,rt,make_dls,make_students,teacher,evaluate,eval_every,eval_names,name,part')
+        self.run_dir, self.during = Path(run_dir).expanduser().absolute(), during or evaluate
+        self.cohort = isinstance(config, CohortConfig)
+        self.kinds = dict(config.members) if self.cohort else {'student': config.kd}
+        self.folders = {n: self.run_dir / n if self.cohort else self.run_dir for n in self.kinds}
+        self.cards = {n: card.get(n) if isinstance(card, dict) else card for n in self.kinds}
+        self.monitor = eval_names[0] if self.during is not None and eval_every else 'valid_loss'
+        self.learn = self.ck = None
+
+    def open(self) -> Run:
+        "Claim the folder for the config (checked once, against its `config.json`); build the data, the students and the learner."
+        c = self.config
+        self.resume_from = open_run(self.run_dir, c, self.rt.resume, self.part)
+        barrier()
+        set_seed(c.seed)
+        dls, models = self.make_dls(), self.make_students()
+        self.models = dict(models) if self.cohort else {'student': models}
+        if set(self.models) != set(self.kinds):
+            raise TrainError(f"{self.name}: the students {sorted(self.models)} are not the members {sorted(self.kinds)}")
+        kw = dict(cfg=c, opt_func=paper_adam, lr=c.lr, path=self.run_dir, model_dir='.')
+        if self.cohort: self.learn = distill_cohort(dls, self.teacher, {n: (self.models[n], k) for n, k in self.kinds.items()}, **kw)
+        else: self.learn = distill_learner(dls, self.models['student'], self.teacher, kd=c.kd, **kw)
+        self.w0 = {n: digest(f.parameters()) for n, f in self._kd_losses().items()}
+        if rank_distrib() == 0 and self.resume_from is None:      # a fresh start: the cards, before the first best.pth
+            for n, card in self.cards.items():
+                if card is not None: _write_card(card, self.folders[n] / CARD_FILE)
+        what = (f"{len(self.kinds)} students ({', '.join(self.kinds)})" if self.cohort else
+                f"{n_params(self.models['student']) / 1e6:.2f}M parameters") + f", {len(dls.train.dataset)} training samples"
+        say(f"{self.name}: {what}, {c.epochs} epochs" + ('' if self.cohort else f", kd={c.kd}") + f" → {self.run_dir}")
+        return self
+
+    def _kd_losses(self) -> dict:
+        "Each member's KD loss (a member without KD has none)."
+        d = getattr(self.learn, 'distill', None)
+        if not isinstance(d, DistillCallback): return {}
+        return dict(d.kd_loss.losses) if self.cohort else {'student': d.kd_loss}
+
+    def fit(self) -> Run:
+        "Train from where the run stopped (`fit_run` loads its checkpoint) to the last epoch, or to `rt.stop_after`."
+        learn, c, rt = self.learn, self.config, self.rt
+        if c.precision == 'fp16': learn.to_fp16()
+        elif c.precision == 'bf16': learn.to_bf16()
+        if self.during is not None and self.eval_every:
+            fn, names = self.during, self.eval_names
+            if self.cohort: fn, names = _member_evaluator(fn), tuple(f'{n}_{k}' for n in self.kinds for k in names)
+            with_eval(learn, fn, names, self.eval_every)
+        self.best = MemberBest({n: (m, self.folders[n]) for n, m in self.models.items()}, self.monitor, prefix=self.cohort)
+        if not rt.bar: learn.logger = _epoch_line(learn)
+        card = {n: cd.to_dict() for n, cd in self.cards.items() if cd is not None}
+        set_seed(c.seed)
+        with (contextlib.nullcontext() if rt.bar else learn.no_bar()):
+            self.ck = fit_run(learn, self.run_dir, c, self.resume_from, rt.stop_after, cbs=[self.best], card=card)
+        return self
+
+    def _finish_member(self, n, m) -> MemberResult:
+        "Rank 0: member `n`'s `final.pth` (refusing non-finite weights), its metrics by `evaluate`, its `card.json` with them."
+        folder, r = self.folders[n], dict(kd=self.kinds[n], folder=str(self.folders[n]), params=n_params(m),
+                                          best=self.best.best.get(n), best_epoch=self.best.best_epoch.get(n))
+        if self.ck.stopped: return MemberResult(**r)
+        check_finite(m.state_dict(), folder / 'final.pth')
+        atomic_save(m.state_dict(), folder / 'final.pth')
+        if self.evaluate is not None:
+            t = time.time()
+            r.update(metrics=_plain(self.evaluate(m)), eval_time=round(time.time() - t, 1))
+        if self.cards[n] is not None: _write_card(self._card(n).replace(metrics=r.get('metrics', {})), folder / CARD_FILE)
+        return MemberResult(**r)
+
+    def _card(self, n) -> ModelCard:
+        "Member `n`'s card; a resumed run keeps the command that started it (from the card written then)."
+        card, f = self.cards[n], self.folders[n] / CARD_FILE
+        if self.resume_from is None or not f.is_file(): return card
+        try: return card.replace(command=read_card(f).command)
+        except UserError: return card
+
+    def finish(self) -> RunResult:
+        "Each member's final model, metrics and card (rank 0), `results.json` for the reader: the `RunResult`, broadcast to every process."
+        ck, c = self.ck, self.config
+        if ck.stopped: say(f"{self.name}: stopped after epoch {len(ck.history)} (--stop-after); continue with --resume")
+        elif num_distrib() > 1:
+            kds = self._kd_losses()
+            for n, m in self.models.items(): _say_digest(f'{self.name} {n}', m, kds.get(n), self.w0.get(n))
+        res = None
+        if rank_distrib() == 0:
+            res = RunResult(name=self.name, kd=c.kd, epochs=c.epochs, monitor=self.monitor, train_time=round(ck.elapsed, 1),
+                            history=tuple(ck.history), stopped=ck.stopped, members={n: self._finish_member(n, m) for n, m in self.models.items()})
+            done = self.run_dir / 'results.json'
+            if not ck.stopped: guarded_write(done, lambda: atomic_write_text(done, json.dumps(res.to_dict(), indent=1)))
+        return _from_rank0(res)
+
+    def train(self) -> RunResult:
+        "The whole life of the run: `open`, `fit`, `finish`."
+        return self.open().fit().finish()

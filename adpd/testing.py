@@ -13,8 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from .synthetic import make_synthetic_coco
 from .transforms import get_affine, affine_points, encode_heatmaps, to_input
-from .data import CocoKeypoints, pose_dls
-from .models import TinyPoseNet
+from .data import CocoKeypoints, SkipWarning, pose_dls
 from .evaluate import gt_keypoints
 from fastai.callback.core import Callback
 
@@ -27,8 +26,8 @@ def synth_dls(path=None, n_images=16, bs=8, image_size=(48, 64), seed=0, num_wor
     path = Path(path or tempfile.mkdtemp(prefix='adpd-synth-'))
     splits = make_synthetic_coco(path, n_images=n_images, seed=seed)
     hm = (image_size[0] // 4, image_size[1] // 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+    with warnings.catch_warnings():          # the synthetic people a dataset skips (too small, hidden) are expected
+        warnings.simplefilter('ignore', SkipWarning)
         tr = CocoKeypoints(*splits['train'], image_size=image_size, heatmap_size=hm)
         va = CocoKeypoints(*splits['val'], train=False, image_size=image_size, heatmap_size=hm)
     return pose_dls(tr, va, bs=bs, num_workers=num_workers, device=device, **kwargs)

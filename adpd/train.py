@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #585fe7d0
 from __future__ import annotations
-import argparse, dataclasses, math, os, re, sys, warnings
+import argparse, dataclasses, math, os, re, shlex, sys, warnings
 from pathlib import Path
 from fastcore.imports import in_ipython
 
@@ -45,44 +45,52 @@ def _weights3(s):
     return w
 
 def _kds(s):
-    "'none,adpd' → ('none', 'adpd'), kinds of `adpd.learner.KD_KINDS`."
-    from adpd.learner import KD_KINDS     # lazily, as the CLI's other imports of the package: torch loads after `main` set its threads
+    "'none,adpd' → ('none', 'adpd'), kinds of `adpd.losses.KD_KINDS`."
+    from adpd.losses import KD_KINDS     # lazily, as the CLI's other imports of the package: torch loads after `main` set its threads
     kds = tuple(k.strip() for k in str(s).split(',') if k.strip())
     bad = [k for k in kds if k not in KD_KINDS]
     if bad or not kds: raise argparse.ArgumentTypeError(f"{s!r}: unknown {bad}; choose from {', '.join(KD_KINDS)}")
     return kds
 
-def _common(p):
-    "Flags every command has: the run (not part of its identity but --seed and --precision) and the distillation settings."
+def _default(o, name, fmt=str):
+    "Help text naming the default of the field `name` of the config `o`."
+    v = getattr(o, name)
+    return f"default {fmt(v) if v is not None else 'none'}"
+
+def _common(p, cfg):
+    """Flags every command has: the run (not part of its identity but --seed and --precision) and the distillation settings.
+    The config's flags have no argparse default (`SUPPRESS`): the config dataclass `cfg` declares them, and only the flags
+    given reach it (the help shows `cfg`'s values)."""
+    S, ws = argparse.SUPPRESS, lambda w: ','.join(f'{x:g}' for x in w)
     g = p.add_argument_group('run')
     g.add_argument('--out', help='run folder (default: runs/<command>...)')
-    g.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint (or read back a finished one)')
+    g.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint (or finish a finished one again)')
     g.add_argument('--stop-after', type=POS_INT, metavar='N', help='stop cleanly after epoch N (checkpoint written); continue with --resume')
-    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--seed', type=int, default=S, help=f"random seed ({_default(cfg, 'seed') if hasattr(cfg, 'seed') else 'demo: use --seeds'})")
     g.add_argument('--workers', type=NONNEG_INT, help='data loader processes (default: 0 on CPU, min(8, cores) on GPU)')
     g.add_argument('--threads', type=POS_INT, help='torch CPU threads (default: the cores, shared out among the processes)')
-    g.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default='fp32', help='mixed precision (GPU)')
+    g.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default=S, help=f"mixed precision (GPU; {_default(cfg, 'precision')})")
     g.add_argument('--no-bar', action='store_true', help='no progress bars')
     k = p.add_argument_group('distillation')
-    k.add_argument('--alpha', type=UNIT, default=.5, help='weight of the KD loss: (1-alpha)·MSE + alpha·KD')
-    k.add_argument('--T', type=POS, default=1., help='softmax temperature of the heatmaps')
-    k.add_argument('--thr', type=OPEN_UNIT, default=.5, help='keypoint-area threshold on the target heatmap')
-    k.add_argument('--weight-lr', type=POS, help="peak learning rate of the ADPD weight net (default: the student's); it follows the student's schedule")
-    k.add_argument('--detach', action=argparse.BooleanOptionalAction, default=True,
-                   help="ADPD: the weight net sees the heatmaps detached from the student (default); --no-detach lets the "
-                        "student's gradient flow through the weights, as published")
-    k.add_argument('--bound', action=argparse.BooleanOptionalAction, default=True,
-                   help='ADPD: weights normalised to mean 1 per sample, learnt from relative terms, constant for the student '
-                        '(default); --no-bound: the literal objective, w = exp(z), which diverges at T=1 (see 04_losses)')
-    k.add_argument('--dkd-weights', type=_weights3, default=(1., 1., 1.), metavar='B,K,N',
-                   help='DKD (decoupled KD, fixed weights): the weights of BiKD, KAD and NAD (default 1,1,1)')
-    k.add_argument('--faithful', action='store_true', help='ADPD exactly as published: zero init of both linear layers, no '
+    k.add_argument('--alpha', type=UNIT, default=S, help=f"weight of the KD loss: (1-alpha)·MSE + alpha·KD ({_default(cfg, 'alpha')})")
+    k.add_argument('--T', type=POS, default=S, help=f"softmax temperature of the heatmaps ({_default(cfg, 'T')})")
+    k.add_argument('--thr', type=OPEN_UNIT, default=S, help=f"keypoint-area threshold on the target heatmap ({_default(cfg, 'thr')})")
+    k.add_argument('--weight-lr', type=POS, default=S, help="peak learning rate of the ADPD weight net (default: the student's); it follows the student's schedule")
+    k.add_argument('--detach', action=argparse.BooleanOptionalAction, default=S,
+                   help="ADPD: the weight net sees the heatmaps detached from the student; --no-detach lets the "
+                        f"student's gradient flow through the weights, as published ({_default(cfg, 'detach')})")
+    k.add_argument('--bound', action=argparse.BooleanOptionalAction, default=S,
+                   help='ADPD: weights normalised to mean 1 per sample, learnt from relative terms, constant for the student; '
+                        f"--no-bound: the literal objective, w = exp(z), which diverges at T=1 (see 04_losses; {_default(cfg, 'bound')})")
+    k.add_argument('--dkd-weights', type=_weights3, default=S, metavar='B,K,N',
+                   help=f"DKD (decoupled KD, fixed weights): the weights of BiKD, KAD and NAD ({_default(cfg, 'dkd_weights', ws)})")
+    k.add_argument('--faithful', action='store_true', default=S, help='ADPD exactly as published: zero init of both linear layers, no '
                    'nonlinearity, no detach, unbounded weights (diverges at T=1; see 04_losses)')
     return p
 
 def _recipe_parser(sub, name, presets, paper, layout):
     "The `coco` or `mpii` command: flags named as `RecipeConfig`'s fields, defaults from the paper's recipe `paper`."
-    from adpd.learner import KD_KINDS
+    from adpd.losses import KD_KINDS
     p = sub.add_parser(name, help=f"the paper's {name.upper()} recipe", description=f"Train a student (or a teacher with --kd none) on "
                        f"{name.upper()} with the paper's recipe. Data layout: {layout}.")
     p.add_argument('--data-root', required=True, metavar='DIR')
@@ -109,13 +117,13 @@ def _recipe_parser(sub, name, presets, paper, layout):
     if name == 'coco':
         p.add_argument('--det-file', metavar='F', help='person detections (COCO results json) for the final evaluation')
         p.add_argument('--det-thr', type=UNIT, default=paper.det_thr, help='drop detections scoring below this')
-    return _common(p)
+    return _common(p, paper)
 
 # %% ../nbs/09_train.ipynb #f195a12f
 def make_parser():
     "The `adpd_train` argument parser."
     from adpd.recipes import PRESETS, PAPER, DemoConfig, QUICK, SHIPPED, WEIGHTS
-    from adpd.learner import KD_KINDS
+    from adpd.losses import KD_KINDS
     p = argparse.ArgumentParser(prog='adpd_train', description='Adaptive Decoupled Pose Knowledge Distillation: train and distil pose models.')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{demo,coco,mpii}')
     D = DemoConfig()
@@ -136,37 +144,45 @@ def make_parser():
     d.add_argument('--train-teacher', action='store_true', help=f"train the shipped teacher ({SHIPPED['teacher']['model']}) from scratch "
                    "and write it to --weights-dir (hours on a CPU, minutes on a GPU)")
     d.add_argument('--train-student', action='store_true', help=f"train the shipped baseline student ({SHIPPED['student']['model']}) likewise")
-    d.add_argument('--teacher-epochs', type=POS_INT, help="epochs of --train-teacher/--train-student (default: the recipe's)")
+    d.add_argument('--teacher-epochs', type=POS_INT, help="epochs of --train-teacher/--train-student (default: the recipe's); "
+                   "with them the demo also takes --seed, --precision, --lr, --bs and --n-images, and refuses the flags of the fine-tuning")
     d.add_argument('--weights-dir', default=str(WEIGHTS), help="where the shipped weights are read and written (default: the package's)")
-    _common(d)
+    _common(d, D)
     layouts = dict(coco='DIR/annotations/person_keypoints_<split>.json, DIR/<split>/', mpii='DIR/annot/<split>.json, DIR/images/')
     for name in ('coco', 'mpii'): _recipe_parser(sub, name, PRESETS[name], PAPER[name], layouts[name])
     return p
 
 # %% ../nbs/09_train.ipynb #7f3826a3
-def _kd_settings(a) -> dict:
-    from adpd.run import KDConfig
-    return {f.name: getattr(a, f.name) for f in dataclasses.fields(KDConfig)}
+def _flags(names) -> str:
+    "The command-line spelling of the config fields `names`."
+    return ', '.join(sorted('--' + n.replace('_', '-') for n in names))
+
+_SHIP_FLAGS = {'seed', 'precision', 'lr', 'bs', 'n_images'}    # what --train-teacher/--train-student take of the demo's flags
 
 def config_from_args(a):
-    "The frozen config of the command `a.cmd` from parsed flags `a`, and the `Runtime`."
+    "The frozen config of the command `a.cmd` from parsed flags `a` (a `TrainError` for a flag it would not use), and the `Runtime`."
     import torch
-    from adpd.run import Runtime
-    from adpd.recipes import DemoConfig, QUICK, RecipeConfig, recipe_config, ship_config
+    from adpd.run import Runtime, TrainError
+    from adpd.recipes import DemoConfig, QUICK, RecipeConfig, ShipConfig, recipe_config, ship_config
+    given = lambda cls: {f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if getattr(a, f.name, None) is not None}
     if a.cmd == 'demo':
+        flags = {**given(DemoConfig), **given(ShipConfig)}
         if a.train_teacher or a.train_student:
-            cfg = tuple(ship_config(r, a.teacher_epochs, a.seed) for r in ('teacher', 'student') if getattr(a, f'train_{r}'))
+            what = '/'.join(f'--train-{r}' for r in ('teacher', 'student') if getattr(a, f'train_{r}'))
+            bad = set(flags) - _SHIP_FLAGS | ({'quick'} if a.quick else set())
+            if bad: raise TrainError(f"demo {what}: {_flags(bad)} do not apply: it trains without KD, for --teacher-epochs "
+                                     f"epochs; it takes {_flags(_SHIP_FLAGS | {'teacher_epochs'})}")
+            cfg = tuple(ship_config(r, a.teacher_epochs, **{k: flags[k] for k in _SHIP_FLAGS & set(flags)})
+                        for r in ('teacher', 'student') if getattr(a, f'train_{r}'))
             out = 'runs/demo-weights'
         else:
-            base = QUICK if a.quick else DemoConfig()
-            kw = {k: getattr(a, k) for k in ('epochs', 'bs', 'lr', 'n_images') if getattr(a, k) is not None}
-            if a.kd: kw['kd'] = a.kd
-            if a.seeds: kw['seeds'] = a.seeds
-            cfg, out = dataclasses.replace(base, **kw, **_kd_settings(a)), 'runs/demo-quick' if a.quick else 'runs/demo'
+            if 'seed' in flags: raise TrainError("demo: --seed does not apply: the demo runs one cohort per seed of --seeds (e.g. --seeds 3)")
+            if a.teacher_epochs is not None: raise TrainError("demo: --teacher-epochs applies only with --train-teacher or --train-student")
+            cfg = dataclasses.replace(QUICK if a.quick else DemoConfig(), **given(DemoConfig))
+            out = 'runs/demo-quick' if a.quick else 'runs/demo'
     else:
-        own = {f.name for f in dataclasses.fields(RecipeConfig)} - {'cmd', 'preset', 'teacher', 'student', 'lr_steps'}
-        cfg = recipe_config(a.cmd, a.preset, a.teacher, a.student, lr_steps=a.lr_steps,
-                            **{k: getattr(a, k) for k in own if hasattr(a, k)})
+        cfg = recipe_config(a.cmd, a.preset, a.teacher, a.student, **{k: v for k, v in given(RecipeConfig).items()
+                                                                       if k not in ('cmd', 'preset', 'teacher', 'student')})
         out = f"runs/{a.cmd}-{cfg.student or a.preset}-{cfg.kd}".replace(':', '-')
     cuda = torch.cuda.is_available()
     rt = Runtime(out=str(Path(a.out or out).expanduser().absolute()), resume=a.resume, stop_after=a.stop_after,
@@ -183,32 +199,36 @@ def _threads(n=None):
         n = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
     torch.set_num_threads(n)
 
+def _train(a, argv) -> int:
+    "Run the command of the parsed flags `a` (`argv`, for the model cards); an error of a DataLoader worker as one line."
+    from adpd.run import TrainError, init_distributed, check_resume
+    from adpd.data import ImageError
+    from adpd.recipes import run_demo, run_recipe, train_shipped, bench_data
+    try:
+        device = init_distributed()
+        _threads(a.threads)
+        cfg, rt = config_from_args(a)
+        rt = dataclasses.replace(rt, command=shlex.join(['adpd_train', *(sys.argv[1:] if argv is None else argv)]),
+                                 **({} if device is None else dict(device=str(device))))
+        if a.cmd != 'demo': run_recipe(cfg, rt)
+        elif isinstance(cfg, tuple):
+            if rt.resume: check_resume(rt.out)     # the stages below may each not have started yet
+            data = bench_data(a.data_root, cfg[0].n_images)
+            for c in cfg: train_shipped(c, rt, data, a.weights_dir)
+        else: run_demo(cfg, rt, a.data_root, a.weights_dir)
+    except (ImageError, FileNotFoundError) as e:   # a DataLoader worker's error arrives as its traceback text
+        raise TrainError(re.sub(r'^[\w.]*Error: ', '', str(e).strip().splitlines()[-1])) from None
+
 def main(argv=None) -> int:
-    "`adpd_train` (also `python -m adpd.train`): parse `argv`, run the command; 0 on success, 2 on a user error."
+    "`adpd_train` (also `python -m adpd.train`): parse `argv`, run the command; 0 on success, 2 on a user error (`adpd.core.UserError`)."
     if 'torch' not in sys.modules: os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # read once, when torch loads
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)  # fastai's import
         import torch.distributed as dist
-        from adpd.run import TrainError, init_distributed, num_distrib, check_resume
-        from adpd.data import ImageError
-        from adpd.recipes import run_demo, run_recipe, train_shipped, bench_data
+        from adpd.core import cli_main
+        from adpd.run import num_distrib
         a = make_parser().parse_args(argv)
-        try:
-            device = init_distributed()
-            _threads(a.threads)
-            cfg, rt = config_from_args(a)
-            if device is not None: rt = dataclasses.replace(rt, device=str(device))
-            if a.cmd != 'demo': run_recipe(cfg, rt)
-            elif isinstance(cfg, tuple):
-                if rt.resume: check_resume(rt.out)     # the stages below may each not have started yet
-                data = bench_data(a.data_root)
-                for c in cfg: train_shipped(c, rt, data, a.weights_dir)
-            else: run_demo(cfg, rt, a.data_root, a.weights_dir)
-            return 0
-        except (TrainError, ImageError, FileNotFoundError) as e:   # a DataLoader worker's error arrives as its traceback text
-            msg = re.sub(r'^[\w.]*Error: ', '', str(e).strip().splitlines()[-1]) if isinstance(e, ImageError) else e
-            print(f"adpd_train: error: {msg}", file=sys.stderr, flush=True)
-            return 2
+        try: return cli_main('adpd_train', _train, a, argv)
         finally:
             if num_distrib() > 1 and dist.is_initialized(): dist.destroy_process_group()
 

@@ -4,10 +4,8 @@
 
 # %% ../nbs/01_transforms.ipynb #f9eedc51
 from __future__ import annotations
-import math
 import numpy as np
 import torch
-import torch.nn.functional as F
 from .core import *
 
 # %% auto #0

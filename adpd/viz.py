@@ -6,26 +6,28 @@
 from __future__ import annotations
 import io
 from collections import OrderedDict
-from pathlib import Path
+from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 import matplotlib.pyplot as plt
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.ticker import NullFormatter
 from matplotlib.figure import Figure
+from fastcore.basics import patch, store_attr
 from .core import *
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, box_to_center_scale, get_affine, encode_heatmaps,
                              decode_heatmaps, to_input)
-from .losses import TERMS, decoupled_kd, decoupled_distributions, joint_mean
-from .data import TopDownDataset, read_image
+from .data import TopDownDataset, PoseDL, read_image
+from .losses import TERMS, ADPDLoss, DKDLoss, decoupled_kd, decoupled_distributions, joint_mean
 
 # %% auto #0
 __all__ = ['DECOUPLING_PANELS', 'VIEWS', 'show_pose', 'show_heatmaps', 'denormalize', 'show_pose_batch', 'show_pose_results',
-           'decoupling_data', 'draw_decoupling', 'pair_heatmaps', 'item_heatmaps', 'image_heatmaps', 'show_decoupling',
-           'HeatmapInspector']
+           'Decoupling', 'compute_decoupling', 'draw_decoupling', 'pair_heatmaps', 'item_heatmaps', 'image_heatmaps',
+           'AppliedWeights', 'distill_settings', 'DecouplingSource', 'show_decoupling', 'HeatmapInspector']
 
 # %% ../nbs/07_viz.ipynb #f3257b22
 def _hwc(img):
@@ -153,67 +155,96 @@ def show_pose_results(spec:KeypointSpec, b, out, max_n:int=9, ctxs=None, ncols:i
             _overlay(axs[2], img[i], out[i].amax(0), title='predicted heatmaps')
             axs[2].set_label(f'heatmaps {i}')
 
+# %% ../nbs/07_viz.ipynb #713b3d09
+@patch
+def show_batch(self:PoseDL, b=None, max_n:int=9, ctxs=None, **kwargs):
+    "Draw `max_n` samples of `b` (one batch of `self` when None): crop, skeleton and targets (`show_pose_batch`)."
+    return show_pose_batch(self.dataset.spec, self.one_batch() if b is None else b, max_n=max_n, ctxs=ctxs, **kwargs)
+
+@patch
+def show_results(self:PoseDL, b, out, max_n:int=9, ctxs=None, **kwargs):
+    "Draw `max_n` samples of `b` with predicted heatmaps `out (B, K, H, W)` (`show_pose_results`); fastai's `Learner.show_results` calls it."
+    return show_pose_results(self.dataset.spec, b, out, max_n=max_n, ctxs=ctxs, **kwargs)
+
 # %% ../nbs/07_viz.ipynb #480c6600
 DECOUPLING_PANELS = ('image', 'teacher', 'student', 'difference', 'BiKD', 'terms',
                      'target', 'KAD teacher', 'KAD student', 'NAD teacher', 'NAD student', 'weights')
 VIEWS = ('teacher', 'student', 'difference')
 
-def _one_sample(x, name, fn='decoupling_data'):
+@dataclass(frozen=True, eq=False)
+class Decoupling:
+    "What the decoupling figure draws for one sample and one joint: maps `(H, W)`, masses `(2,)` (area, rest), term values, weights."
+    joint: int; name: str; T: float; thr: float
+    tw: float                             # the joint's target weight: 0 means unlabelled, its terms are 0
+    student: np.ndarray; teacher: np.ndarray; target: np.ndarray
+    area: np.ndarray                      # (H, W) bool, target > thr: the keypoint area
+    mass_t: np.ndarray; mass_s: np.ndarray                        # (2,) softmax mass in the area and outside it
+    in_t: np.ndarray; in_s: np.ndarray; out_t: np.ndarray; out_s: np.ndarray   # renormalised inside / outside the area
+    terms: dict                           # BiKD, KAD, NAD (× T²) of this joint, as `decoupled_kd` gives them
+    means: dict                           # ... their means over the sample's labelled joints
+    weights: dict|None = None             # the three weights the KD loss applies to this sample, if it weighs the terms
+    adaptive: bool = False                # the weights come from a weight net (ADPD), not fixed (DKD)
+    img: np.ndarray|torch.Tensor|None = None   # the crop `(3, Hi, Wi)` uint8 under the heatmaps, if any
+
+def _one_sample(x, name):
     "Heatmaps of one sample as `(1, K, H, W)` float on the CPU, from `(K, H, W)` or `(1, K, H, W)`."
     x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if x.ndim == 3: x = x[None]
     if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"adpd.viz.{fn}: {name} heatmaps must be (K, H, W) or (1, K, H, W) for one sample, got {tuple(x.shape)}")
+        raise ValueError(f"adpd.viz.compute_decoupling: {name} heatmaps must be (K, H, W) or (1, K, H, W) for one sample, got {tuple(x.shape)}")
     return x.float().cpu()
 
-def _weights(weight_net, s, t, terms):
-    """The `(3,)` weights of one sample from a `WeightNet` or an `ADPDLoss` (its bounded weights), in eval mode, without gradients;
-    DKD's fixed weights (a `DKDLoss`, or three numbers) as they are."""
-    fixed = getattr(weight_net, 'weights', weight_net)      # ADPDLoss.weights and a WeightNet are callable; DKD's are numbers
-    if not callable(fixed): return torch.as_tensor(np.asarray(fixed, dtype=np.float32).reshape(3))
-    dev = next(weight_net.parameters()).device
-    f = getattr(weight_net, 'weights', weight_net)
-    with eval_mode(weight_net), torch.no_grad(): w = f(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
+def _adaptive_weights(weight_net, s, t, terms):
+    "The `(3,)` weights `weight_net(s, t, terms)` gives one sample, in eval mode, without gradients, on the net's device."
+    dev = next(weight_net.parameters(), torch.empty(0)).device
+    with eval_mode(weight_net), torch.no_grad(): w = weight_net(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
     return w[0].float().cpu()
 
-def decoupling_data(student, teacher, target, joint:int=0, T=1., thr=.5, target_weight=None, weight_net=None) -> dict:
-    "What `show_decoupling` draws, for heatmaps `(K, H, W)` of one sample and one `joint`: heatmaps, area, masses, distributions, terms, weights."
+def compute_decoupling(student, teacher, target, joint:int=0, T=1., thr=.5, target_weight=None, weight_net:nn.Module=None,
+                       fixed_weights=None, img=None, spec:KeypointSpec=None) -> Decoupling:
+    """The `Decoupling` of heatmaps `(K, H, W)` of one sample at `joint`: the terms come from `decoupled_kd` itself. The weights
+    come from `weight_net` (a module `(s, t, terms) → (B, 3)`, e.g. a `WeightNet`) or are DKD's three `fixed_weights`."""
+    if weight_net is not None and fixed_weights is not None:
+        raise ValueError("adpd.viz.compute_decoupling: give a weight_net (adaptive weights) or fixed_weights (DKD), not both")
     s, t, tg = (_one_sample(x, n) for x, n in ((student, 'student'), (teacher, 'teacher'), (target, 'target')))
-    K = s.shape[1]
-    if not 0 <= int(joint) < K: raise IndexError(f"adpd.viz.decoupling_data: joint {joint} out of range for {K} joints")
+    K, k = s.shape[1], int(joint)
+    if not 0 <= k < K: raise IndexError(f"adpd.viz.compute_decoupling: joint {joint} out of range for {K} joints")
     tw = torch.ones(1, K) if target_weight is None else torch.as_tensor(target_weight, dtype=torch.float32).detach().cpu().reshape(1, K)
     terms = decoupled_kd(s, t, tg, tw, T, thr)
     dd = decoupled_distributions(s, t, tg, T, thr)
-    k, a = int(joint), lambda x: x[0, int(joint)].numpy()
-    w = None if weight_net is None else _weights(weight_net, s, t, terms)
-    return dict(joint=k, T=float(T), thr=float(thr), tw=float(tw[0, k]), student=a(s), teacher=a(t), target=a(tg),
-                area=a(dd['area']), mass_t=a(dd['mass_t']), mass_s=a(dd['mass_s']), in_t=a(dd['in_t']), in_s=a(dd['in_s']),
-                out_t=a(dd['out_t']), out_s=a(dd['out_s']), terms={n: float(terms[n][0, k]) for n in TERMS},
-                means={n: float(joint_mean(terms[n], tw)[0]) for n in TERMS},
-                weights=None if w is None else dict(zip(TERMS, map(float, w))),
-                adaptive=weight_net is not None and any(True for _ in getattr(weight_net, 'parameters', lambda: ())()))
+    a = lambda x: x[0, k].numpy()
+    if fixed_weights is not None and np.size(fixed_weights) != 3:
+        raise ValueError(f"adpd.viz.compute_decoupling: fixed_weights are three numbers (BiKD, KAD, NAD), got {fixed_weights!r}")
+    w = (_adaptive_weights(weight_net, s, t, terms) if weight_net is not None else
+         None if fixed_weights is None else torch.as_tensor(np.asarray(fixed_weights, np.float32).reshape(3)))
+    return Decoupling(joint=k, name=spec.names[k] if spec is not None and spec.K == K else f'joint {k}', T=float(T), thr=float(thr),
+                      tw=float(tw[0, k]), student=a(s), teacher=a(t), target=a(tg), area=a(dd['area']),
+                      mass_t=a(dd['mass_t']), mass_s=a(dd['mass_s']), in_t=a(dd['in_t']), in_s=a(dd['in_s']),
+                      out_t=a(dd['out_t']), out_s=a(dd['out_s']), terms={n: float(terms[n][0, k]) for n in TERMS},
+                      means={n: float(joint_mean(terms[n], tw)[0]) for n in TERMS},
+                      weights=None if w is None else dict(zip(TERMS, map(float, w))), adaptive=weight_net is not None, img=img)
 
 # %% ../nbs/07_viz.ipynb #4d69fb05
 def _outline(ax, d, extent=None):
-    "Outline the keypoint area (target > thr) of `d` on `ax`, in heatmap pixels or mapped to `extent`."
-    if not d['area'].any() or d['area'].all(): return
-    H, W = d['target'].shape
+    "Outline the keypoint area (target > thr) of the `Decoupling` `d` on `ax`, in heatmap pixels or mapped to `extent`."
+    if not d.area.any() or d.area.all(): return
+    H, W = d.target.shape
     x, y = np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)
     if extent is not None:
         sx, sy = (extent[1] - extent[0]) / W, (extent[2] - extent[3]) / H
         x, y = x * sx, y * sy
-    ax.contour(x, y, d['target'], levels=[d['thr']], colors='c', linewidths=1)
+    ax.contour(x, y, d.target, levels=[d.thr], colors='c', linewidths=1)
 
 def _view(d, view):
     "The heatmap `(H, W)` of `view` and its colour map and norm."
     if view not in VIEWS: raise ValueError(f"adpd.viz: view must be one of {VIEWS}, got {view!r}")
     if view == 'difference':
-        hm = d['student'] - d['teacher']
+        hm = d.student - d.teacher
         m = max(float(np.abs(hm).max()), 1e-8)
         return hm, 'RdBu_r', Normalize(-m, m)
-    lo = min(float(d['student'].min()), float(d['teacher'].min()))
-    hi = max(float(d['student'].max()), float(d['teacher'].max()), lo + 1e-8)
-    return d[view], 'magma', Normalize(lo, hi)
+    lo = min(float(d.student.min()), float(d.teacher.min()))
+    hi = max(float(d.student.max()), float(d.teacher.max()), lo + 1e-8)
+    return getattr(d, view), 'magma', Normalize(lo, hi)
 
 def _bars(ax, groups, ticks, title, labels=True):
     "Grouped bars, log scale when all are positive: `groups` maps a label to heights, one bar per tick."
@@ -231,18 +262,18 @@ def _bars(ax, groups, ticks, title, labels=True):
     ax.legend(fontsize=5, loc='lower right', framealpha=.6)
     ax.set_title(title, fontsize=7)
 
-def draw_decoupling(fig, d:dict, img=None, spec:KeypointSpec=COCO17, view='teacher', name=None):
-    "Draw `decoupling_data` `d` into matplotlib `fig` (cleared): the panels of `DECOUPLING_PANELS`; returns `fig`."
+def draw_decoupling(d:Decoupling, fig:Figure=None, view='teacher', size=1.9, dpi=None) -> Figure:
+    "Draw the `Decoupling` `d` into `fig` (cleared; a new `size`-inch-per-panel figure when None): the panels of `DECOUPLING_PANELS`."
+    if fig is None: fig = plt.figure(figsize=(6 * size, 2 * size * 1.25 + .3), dpi=dpi)
     fig.clear()
     axs = dict(zip(DECOUPLING_PANELS, fig.subplots(2, 6).ravel()))
     fig.subplots_adjust(left=.04, right=.99, bottom=.08, top=.86, wspace=.45, hspace=.35)   # fixed: a layout engine costs more than the drawing
     for n, ax in axs.items(): ax.set_label(n)
-    k, thr, area = d['joint'], d['thr'], d['area']
-    name = name or (spec.names[k] if k < spec.K else f'joint {k}')
+    thr, area, name = d.thr, d.area, d.name
     hm, cmap, norm = _view(d, view)
     ax = axs['image']
-    if img is not None:
-        _overlay(ax, img, hm, alpha=.5, cmap=cmap, norm=norm, title=f'crop, {view}')
+    if d.img is not None:
+        _overlay(ax, d.img, hm, alpha=.5, cmap=cmap, norm=norm, title=f'crop, {view}')
         _outline(ax, d, ax.images[-1].get_extent())
     else:
         ax.imshow(hm, cmap=cmap, norm=norm); _outline(ax, d); ax.set_title(view, fontsize=7); ax.axis('off')
@@ -252,43 +283,43 @@ def draw_decoupling(fig, d:dict, img=None, spec:KeypointSpec=COCO17, view='teach
         ax.imshow(hm, cmap=cmap, norm=norm); _outline(ax, d)
         ax.set_title(f'{v} heatmap' if v != 'difference' else 'student − teacher', fontsize=7); ax.axis('off')
     ax = axs['target']
-    ax.imshow(d['target'], cmap='magma', vmin=0, vmax=max(float(d['target'].max()), 1e-8)); _outline(ax, d)
+    ax.imshow(d.target, cmap='magma', vmin=0, vmax=max(float(d.target.max()), 1e-8)); _outline(ax, d)
     ax.set_title(f'target: area > {thr:g} ({int(area.sum())} px)', fontsize=7); ax.axis('off')
-    tv = d['terms']
-    _bars(axs['BiKD'], {'teacher': d['mass_t'], 'student': d['mass_s']}, ['keypoint area', 'rest'],
+    tv = d.terms
+    _bars(axs['BiKD'], {'teacher': d.mass_t, 'student': d.mass_s}, ['keypoint area', 'rest'],
           'two-way masses (BiKD)')
-    _bars(axs['terms'], {name: [tv[n] for n in TERMS], 'mean over joints': [d['means'][n] for n in TERMS]}, TERMS,
+    _bars(axs['terms'], {name: [tv[n] for n in TERMS], 'mean over joints': [d.means[n] for n in TERMS]}, TERMS,
           'terms (× T²)', labels=False)
     # inside: masked outside the area, the view zoomed onto the area
-    hi = max(float(d['in_t'].max()), float(d['in_s'].max()), 1e-12)
+    hi = max(float(d.in_t.max()), float(d.in_s.max()), 1e-12)
     ys, xs = np.nonzero(area)
     for who in ('teacher', 'student'):
         ax = axs[f'KAD {who}']
-        ax.imshow(np.ma.masked_array(d[f'in_{who[0]}'], ~area), cmap='viridis', vmin=0, vmax=hi)
+        ax.imshow(np.ma.masked_array(getattr(d, f'in_{who[0]}'), ~area), cmap='viridis', vmin=0, vmax=hi)
         if len(xs): ax.set_xlim(xs.min() - 2.5, xs.max() + 2.5); ax.set_ylim(ys.max() + 2.5, ys.min() - 2.5)
         else: ax.text(.5, .5, 'empty keypoint area', ha='center', va='center', fontsize=7, transform=ax.transAxes)
         ax.set_title(f'KAD: {who} inside', fontsize=7); ax.axis('off')
     # outside: masked inside the area, log colours shared by teacher and student
-    pos = np.concatenate([d['out_t'][~area], d['out_s'][~area]])
+    pos = np.concatenate([d.out_t[~area], d.out_s[~area]])
     pos = pos[pos > 0]
     lo, hi = (float(pos.min()), float(pos.max())) if len(pos) else (1e-12, 1.)
     for who in ('teacher', 'student'):
         ax = axs[f'NAD {who}']
-        ax.imshow(np.ma.masked_array(d[f'out_{who[0]}'], area), cmap='viridis', norm=LogNorm(lo, max(hi, lo * 1.0001)))
+        ax.imshow(np.ma.masked_array(getattr(d, f'out_{who[0]}'), area), cmap='viridis', norm=LogNorm(lo, max(hi, lo * 1.0001)))
         ax.set_title(f'NAD: {who} outside (log)', fontsize=7); ax.axis('off')
     ax = axs['weights']
-    if d['weights'] is not None:
-        w = d['weights']
+    if d.weights is not None:
+        w = d.weights
         c = ax.bar(range(3), [w[n] for n in TERMS], .6, color=['C0', 'C1', 'C2'])
         ax.bar_label(c, [f'{w[n]:.3g}' for n in TERMS], fontsize=6, padding=1)
         ax.axhline(1, color='k', lw=.5, ls=':')
         if max(w.values()) > 10 * min(w.values()): ax.set_yscale('log')       # weights drift towards 1 / term
         ax.set_xticks(range(3), TERMS, fontsize=6); ax.tick_params(labelsize=6)
-        ax.set_title('adaptive weights' if d.get('adaptive', True) else 'fixed weights (DKD)', fontsize=7)
+        ax.set_title('adaptive weights' if d.adaptive else 'fixed weights (DKD)', fontsize=7)
     else:
         ax.text(.5, .5, 'no weight net', ha='center', va='center', fontsize=7, transform=ax.transAxes); ax.axis('off')
-    note = '' if d['tw'] > 0 else '  (joint not labelled: its terms are 0)'
-    fig.suptitle(f"{name}, T = {d['T']:g}, thr = {thr:g}:  " + '   '.join(f'{n} = {tv[n]:.3g}' for n in TERMS) + note, fontsize=8)
+    note = '' if d.tw > 0 else '  (joint not labelled: its terms are 0)'
+    fig.suptitle(f"{name}, T = {d.T:g}, thr = {thr:g}:  " + '   '.join(f'{n} = {tv[n]:.3g}' for n in TERMS) + note, fontsize=8)
     return fig
 
 # %% ../nbs/07_viz.ipynb #13d1319b
@@ -332,15 +363,27 @@ def image_heatmaps(fn, student, teacher, box=None, image_size=(192, 256), sigma=
     return dict(student=s, teacher=t, target=target, target_weight=tw, img=img)
 
 # %% ../nbs/07_viz.ipynb #f6e9f5d3
-def _learner_parts(learn, teacher=None, weight_net=None):
-    "Student, teacher, weight net, T and thr of a distillation learner (`distill_learner`)."
-    cb = getattr(learn, 'distiller', None)
-    teacher = teacher if teacher is not None else getattr(cb, 'teacher', None)
-    if teacher is None:
-        raise ValueError("adpd.viz: this learner has no teacher (use adpd.learner.distill_learner, or pass teacher=)")
-    kd = getattr(cb, 'kd_loss', None)
-    if weight_net is None: weight_net = kd if hasattr(kd, 'weights') else getattr(kd, 'weight_net', None)   # ADPD's, or DKD's fixed ones
-    return learn.model, teacher, weight_net, getattr(kd, 'T', 1.), getattr(kd, 'thr', .5)
+class AppliedWeights(nn.Module):
+    "The weights `(B, 3)` an `ADPDLoss` applies (its weight net's, bounded as the loss bounds them) as a module `(s, t, terms) → (B, 3)`."
+    def __init__(self, loss:ADPDLoss): super().__init__(); self.loss = loss
+    def forward(self, student, teacher, terms): return self.loss.weights(student, teacher, terms)
+
+def distill_settings(learn, member:str=None) -> dict:
+    """The student, teacher and KD settings of a distillation learner, asked of its `DistillCallback` (`learn.distill`, settings
+    `cfg`): `student`, `teacher`, `T`, `thr`, and `weight_net` (ADPD) or `fixed_weights` (DKD). A cohort needs the `member`."""
+    cb = getattr(learn, 'distill', None)                       # fastai's name for the learner's `DistillCallback`
+    if cb is None or cb.teacher is None:
+        raise ValueError("adpd.viz: this learner has no teacher (build it with adpd.learner.distill_learner or distill_cohort)")
+    student, kd, cfg = learn.model, cb.kd_loss, cb.cfg
+    members = getattr(student, 'members', None)               # a `Cohort`: one student per KD method
+    if members is not None:
+        if member not in members: raise ValueError(f"adpd.viz: this learner is a cohort: pick member= one of {', '.join(members)}")
+        student, kd = members[member], kd.losses[member]
+        cfg = getattr(kd, 'cfg', cfg)                           # the member's own settings (a no-KD member has the cohort's)
+    elif member is not None: raise ValueError(f"adpd.viz: member={member!r} given, but this learner is not a cohort")
+    return dict(student=student, teacher=cb.teacher, T=cfg.T, thr=cfg.thr,
+                weight_net=AppliedWeights(kd) if isinstance(kd, ADPDLoss) else None,
+                fixed_weights=cfg.dkd_weights if isinstance(kd, DKDLoss) else None)
 
 def _plain_item(ds, i):
     "Sample `i` of `ds` without augmentation (a `TopDownDataset` in training mode draws a new one at each call)."
@@ -348,60 +391,115 @@ def _plain_item(ds, i):
     if isinstance(ds, TopDownDataset): return ds.load(int(i), dict(center=ds.db.center[i], scale=ds.db.scale[i], rot=0., flip=False))
     return ds[int(i)]
 
-def _new_fig(fig, size, dpi):
-    if fig is not None: return fig
-    return plt.figure(figsize=(6 * size, 2 * size * 1.25 + .3), dpi=dpi)
+# %% ../nbs/07_viz.ipynb #f93c6525
+class DecouplingSource:
+    """Samples for the decoupling figure: `heatmaps(i)` gives the student, teacher and target heatmaps `(1, K, H, W)`, the target
+    weights `(1, K)` and the crop of sample `i` (computed once, cached); the source also holds the KD settings that go with them
+    (`T`, `thr`, and `weight_net` or DKD's `fixed_weights`) and the keypoint `spec`. Build it with a named constructor
+    (or give `load(i)` → that dict, and the number of samples `n`)."""
+    def __init__(self, load, n:int, spec:KeypointSpec=None, T=1., thr=.5, weight_net:nn.Module=None, fixed_weights=None,
+                 max_cache:int=64):
+        if n < 1: raise ValueError("adpd.viz.DecouplingSource: no samples")
+        if weight_net is not None and fixed_weights is not None:
+            raise ValueError("adpd.viz.DecouplingSource: give a weight_net (adaptive weights) or fixed_weights (DKD), not both")
+        store_attr('load,n,spec,T,thr,weight_net,fixed_weights,max_cache')
+        self.cache = OrderedDict()
 
-def show_decoupling(src, *args, joint:int=0, T=None, thr=None, target_weight=None, weight_net=None, img=None,
-                    spec:KeypointSpec=None, view='teacher', box=None, image_size=(192, 256), sigma=2., fig=None,
-                    size=1.9, dpi=None):
-    """The decoupling figure for one sample and `joint`, from heatmaps, a learner and a dataset item, or an image file and two models:
-    `show_decoupling(student_hm, teacher_hm, target_hm)` (each `(K, H, W)`), `show_decoupling(learn, item)` (an item `(img, joints)`
-    or an index into `learn.dls.valid.dataset`), `show_decoupling(fn, student, teacher)`. Returns the figure; `fig.decoupling` holds its data."""
-    if hasattr(src, 'model') and hasattr(src, 'dls'):                 # a fastai Learner
-        if len(args) != 1: raise TypeError("adpd.viz.show_decoupling(learn, item): give one dataset item or index")
-        student, teacher, wn, T0, thr0 = _learner_parts(src, None, weight_net)
-        item = args[0]
-        ds = src.dls.valid.dataset
-        if isinstance(item, (int, np.integer)): item = _plain_item(ds, item)
-        h = item_heatmaps(student, teacher, item, sigma)
-        spec = spec or getattr(ds, 'spec', COCO17)
-        weight_net, T, thr = wn, T0 if T is None else T, thr0 if thr is None else thr
-    elif isinstance(src, (str, Path)):
-        if len(args) != 2: raise TypeError("adpd.viz.show_decoupling(fn, student, teacher): give the two models")
-        h = image_heatmaps(src, *args, box=box, image_size=image_size, sigma=sigma)
-    else:
-        if len(args) != 2: raise TypeError("adpd.viz.show_decoupling(student, teacher, target): give three heatmap tensors (K, H, W)")
-        h = dict(student=src, teacher=args[0], target=args[1], target_weight=target_weight, img=img)
-    d = decoupling_data(h['student'], h['teacher'], h['target'], joint, 1. if T is None else T, .5 if thr is None else thr,
-                        h['target_weight'], weight_net)
-    fig = draw_decoupling(_new_fig(fig, size, dpi), d, h['img'] if img is None else img, spec or COCO17, view)
+    def __len__(self): return self.n
+
+    def heatmaps(self, i:int) -> dict:
+        "`student`, `teacher`, `target` `(1, K, H, W)`, `target_weight (1, K)` and `img` of sample `i`; models run once per sample."
+        if not 0 <= int(i) < self.n: raise IndexError(f"adpd.viz: sample {i} out of range for {self.n} samples")
+        i = int(i)
+        if i in self.cache: self.cache.move_to_end(i)
+        else:
+            self.cache[i] = self.load(i)
+            while len(self.cache) > self.max_cache: self.cache.popitem(last=False)
+        return self.cache[i]
+
+    def decoupling(self, sample:int=0, joint:int=0, T=None, thr=None) -> Decoupling:
+        "The `Decoupling` of `sample` at `joint`, at this source's `T` and `thr` unless given."
+        h = self.heatmaps(sample)
+        return compute_decoupling(h['student'], h['teacher'], h['target'], joint, self.T if T is None else T,
+                                  self.thr if thr is None else thr, h['target_weight'], self.weight_net, self.fixed_weights,
+                                  h['img'], self.spec)
+
+    @classmethod
+    def from_heatmaps(cls, student, teacher, target, target_weight=None, img=None, **kwargs):
+        """Heatmaps computed elsewhere: `(K, H, W)` for one sample or `(N, K, H, W)` for `N`; `target_weight (N, K)` and crops
+        `img (N, 3, Hi, Wi)` uint8 optional. `kwargs`: `spec`, `T`, `thr`, `weight_net`, `fixed_weights`."""
+        hs = [torch.as_tensor(x).detach().float().cpu() for x in (student, teacher, target)]
+        hs = [h[None] if h.ndim == 3 else h for h in hs]
+        if any(h.ndim != 4 for h in hs) or len({h.shape for h in hs}) > 1:
+            raise ValueError("adpd.viz.DecouplingSource.from_heatmaps: student, teacher and target heatmaps must be (K, H, W) or "
+                             f"(N, K, H, W) and alike; their shapes differ: {[tuple(h.shape) for h in hs]}")
+        s, t, tg = hs
+        N, K = s.shape[:2]
+        tw = None if target_weight is None else torch.as_tensor(target_weight, dtype=torch.float32).reshape(N, K)
+        if img is not None:
+            img = torch.as_tensor(img)
+            img = img[None] if img.ndim == 3 else img
+        load = lambda i: dict(student=s[i:i + 1], teacher=t[i:i + 1], target=tg[i:i + 1],
+                              target_weight=None if tw is None else tw[i:i + 1], img=None if img is None else img[i])
+        return cls(load, N, **kwargs)
+
+    @classmethod
+    def from_models(cls, ds, student:nn.Module, teacher:nn.Module, sigma=2., **kwargs):
+        """The items `(img (3, H, W) uint8, joints (K, 3))` of dataset `ds` (without augmentation) through `student` and `teacher`;
+        the target heatmaps from the joints. `kwargs`: `spec` (default `ds.spec`), `T`, `thr`, `weight_net`, `fixed_weights`."""
+        if student is None or teacher is None: raise ValueError("adpd.viz.DecouplingSource.from_models: give a student and a teacher")
+        want = getattr(ds, 'heatmap_size', None)
+        def load(i):
+            h = item_heatmaps(student, teacher, _plain_item(ds, i), sigma)
+            if want is not None and tuple(want) != (h['student'].shape[-1], h['student'].shape[-2]):
+                raise ValueError(f"adpd.viz: the student gives heatmaps (H, W) = {tuple(h['student'].shape[-2:])}, "
+                                 f"the dataset's heatmap_size (w, h) is {tuple(want)}")
+            return h
+        return cls(load, len(ds), **{'spec': getattr(ds, 'spec', None), **kwargs})
+
+    @classmethod
+    def from_learner(cls, learn, ds=None, member:str=None, sigma=2., **kwargs):
+        """The student, teacher and KD settings of a distillation `learn` (a cohort's `member`) on `ds` (default: its validation
+        set), as `from_models`; `kwargs` override the learner's settings (`T`, `thr`, ...)."""
+        p, valid = distill_settings(learn, member), learn.dls.valid.dataset
+        ds, spec = (valid, valid.spec) if ds is None else (ds, getattr(ds, 'spec', valid.spec))   # a list of items: the learner's joints
+        return cls.from_models(ds, p.pop('student'), p.pop('teacher'), sigma, **{'spec': spec, **p, **kwargs})
+
+    @classmethod
+    def from_image(cls, fn, student:nn.Module, teacher:nn.Module, box=None, image_size=(192, 256), sigma=2., **kwargs):
+        """One image file through both models: the crop of `box` (x, y, w, h; the whole image when None) at `image_size` `(w, h)`.
+        With no label, the keypoint area is where the teacher peaks (`image_heatmaps`). `kwargs` as `from_heatmaps`."""
+        return cls(lambda i: image_heatmaps(fn, student, teacher, box, image_size, sigma), 1, **kwargs)
+
+# %% ../nbs/07_viz.ipynb #632f49f1
+def show_decoupling(src:DecouplingSource, sample:int=0, joint:int=0, T=None, thr=None, view='teacher', fig:Figure=None,
+                    size=1.9, dpi=None) -> Figure:
+    "Draw the decoupling of `sample` of `src` at `joint` (`T`, `thr`: the source's unless given); `fig.decoupling` holds what is drawn."
+    if not isinstance(src, DecouplingSource):
+        raise TypeError(f"adpd.viz.show_decoupling: src must be a DecouplingSource (DecouplingSource.from_learner, .from_models, "
+                        f".from_heatmaps, .from_image), got {type(src).__name__}")
+    d = src.decoupling(sample, joint, T, thr)
+    fig = draw_decoupling(d, fig, view, size, dpi)
     fig.decoupling = d
     return fig
 
 # %% ../nbs/07_viz.ipynb #d2571088
 class HeatmapInspector:
-    "An ipywidgets panel over dataset `ds` and a `student`/`teacher` pair (or a distillation `learn`): sample, joint, T, thr and view."
-    def __init__(self, ds=None, student=None, teacher=None, weight_net=None, learn=None, T=None, thr=None, sample:int=0,
-                 joint:int=0, view='teacher', sigma=2., spec:KeypointSpec=None, size=1.7, dpi=72, max_cache=64):
-        import ipywidgets as W
-        T0, thr0 = 1., .5
-        if learn is not None:
-            student, teacher, weight_net, T0, thr0 = _learner_parts(learn, teacher, weight_net)
-            if ds is None: ds = learn.dls.valid.dataset
-        if ds is None or student is None or teacher is None:
-            raise ValueError("adpd.viz.HeatmapInspector: give a dataset and a student and a teacher, or a distillation learner (learn=)")
-        if len(ds) == 0: raise ValueError("adpd.viz.HeatmapInspector: the dataset is empty")
-        self.ds, self.student, self.teacher, self.weight_net, self.sigma, self.dpi = ds, student, teacher, weight_net, sigma, dpi
-        self.spec = spec or getattr(ds, 'spec', COCO17)
-        self.max_cache, self.cache = max_cache, OrderedDict()
+    "An ipywidgets panel over a `DecouplingSource`: sample, joint, T, thr and view; every change redraws the figure and the table."
+    def __init__(self, src:DecouplingSource, sample:int=0, joint:int=0, T=None, thr=None, view='teacher', size=1.7, dpi=72):
+        import ipywidgets as W                     # optional: only the inspector needs it
+        if not isinstance(src, DecouplingSource):
+            raise TypeError(f"adpd.viz.HeatmapInspector: src must be a DecouplingSource (DecouplingSource.from_learner, .from_models, "
+                            f".from_heatmaps, .from_image), got {type(src).__name__}")
+        self.src, self.dpi = src, dpi
+        K = src.heatmaps(sample)['student'].shape[1]
+        self.names = list(src.spec.names) if src.spec is not None and src.spec.K == K else [f'joint {k}' for k in range(K)]
         self.fig = Figure(figsize=(6 * size, 2 * size * 1.25 + .3), dpi=dpi)
-        T, thr = T0 if T is None else T, thr0 if thr is None else thr
-        names = [(n, i) for i, n in enumerate(self.spec.names)]
+        T, thr = src.T if T is None else T, src.thr if thr is None else thr
         sl = dict(continuous_update=False, style=dict(description_width='50px'))
         self.widgets = dict(
-            sample=W.IntSlider(value=sample, min=0, max=len(ds) - 1, description='sample', **sl),
-            joint=W.Dropdown(options=names, value=joint, description='joint', style=sl['style']),
+            sample=W.IntSlider(value=sample, min=0, max=len(src) - 1, description='sample', **sl),
+            joint=W.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=joint, description='joint', style=sl['style']),
             T=W.FloatSlider(value=T, min=.25, max=max(8., T), step=.25, description='T', **sl),
             thr=W.FloatSlider(value=thr, min=.05, max=.95, step=.05, description='thr', **sl),
             view=W.ToggleButtons(options=VIEWS, value=view, style=dict(button_width='90px')))
@@ -412,25 +510,16 @@ class HeatmapInspector:
         for wd in w.values(): wd.observe(self.update, names='value')
         self.update()
 
-    def heatmaps(self, i:int) -> dict:
-        "Student, teacher and target heatmaps, target weights and crop of sample `i`; the models run once per sample (cached)."
-        if i in self.cache: self.cache.move_to_end(i)
-        else:
-            h = item_heatmaps(self.student, self.teacher, _plain_item(self.ds, i), self.sigma)
-            want = getattr(self.ds, 'heatmap_size', None)
-            if want is not None and tuple(want) != (h['student'].shape[-1], h['student'].shape[-2]):
-                raise ValueError(f"adpd.viz.HeatmapInspector: the student gives heatmaps (H, W) = {tuple(h['student'].shape[-2:])}, "
-                                 f"the dataset's heatmap_size (w, h) is {tuple(want)}")
-            self.cache[i] = h
-            while len(self.cache) > self.max_cache: self.cache.popitem(last=False)
-        return self.cache[i]
+    @property
+    def setting(self) -> dict:
+        "The widgets' current values: sample, joint, T, thr, view."
+        return {k: w.value for k, w in self.widgets.items()}
 
     def update(self, change=None):
-        "Recompute the terms and redraw the figure and the table for the widgets' current values."
-        v = {k: w.value for k, w in self.widgets.items()}
-        h = self.heatmaps(v['sample'])
-        self.data = decoupling_data(h['student'], h['teacher'], h['target'], v['joint'], v['T'], v['thr'], h['target_weight'], self.weight_net)
-        draw_decoupling(self.fig, self.data, h['img'], self.spec, v['view'])
+        "Recompute the decoupling for the widgets' current values (the models do not run again for a cached sample), then redraw."
+        v = self.setting
+        self.data = self.src.decoupling(v['sample'], v['joint'], v['T'], v['thr'])
+        draw_decoupling(self.data, self.fig, v['view'])
         buf = io.BytesIO()
         self.fig.savefig(buf, format='png', dpi=self.dpi)
         self.image.value = buf.getvalue()
@@ -439,16 +528,16 @@ class HeatmapInspector:
     @property
     def values(self) -> dict:
         "The current setting and term values: sample, joint, T, thr, view, BiKD, KAD, NAD, their means over joints and the weights."
-        d, v = self.data, {k: w.value for k, w in self.widgets.items()}
-        out = dict(v, joint_name=self.spec.names[v['joint']], **d['terms'], **{f'mean_{n}': x for n, x in d['means'].items()})
-        if d['weights'] is not None: out.update({f'w_{n}': x for n, x in d['weights'].items()})
+        d = self.data
+        out = dict(self.setting, joint_name=d.name, **d.terms, **{f'mean_{n}': x for n, x in d.means.items()})
+        if d.weights is not None: out.update({f'w_{n}': x for n, x in d.weights.items()})
         return out
 
     def _table(self):
         "The term values as an HTML table: this joint, the mean over the sample's labelled joints, the weight."
-        d, w = self.data, self.data['weights']
+        d, w = self.data, self.data.weights
         td = "<td style='padding:0 12px;text-align:right'>{}</td>"
-        rows = ''.join('<tr>' + ''.join(td.format(x) for x in (n, f"{d['terms'][n]:.4g}", f"{d['means'][n]:.4g}",
+        rows = ''.join('<tr>' + ''.join(td.format(x) for x in (n, f"{d.terms[n]:.4g}", f"{d.means[n]:.4g}",
                                                               f"{w[n]:.4g}" if w else '–')) + '</tr>' for n in TERMS)
         head = ''.join(td.replace('td', 'th').format(h) for h in ('term', 'this joint', 'mean over joints', 'weight'))
         return f"<table class='adpd-terms' style='font-size:12px;line-height:1.3'><tr>{head}</tr>{rows}</table>"

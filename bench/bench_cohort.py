@@ -17,7 +17,8 @@ import torch
 from fastai.callback.training import ShortEpochCallback
 from fastai.torch_core import set_seed
 from adpd.data import pose_dls
-from adpd.learner import distill_learner, distill_cohort, KD_KINDS
+from adpd.learner import distill_learner, distill_cohort
+from adpd.losses import KD_KINDS
 from adpd.recipes import bench_data, shipped_model, model_from_name
 from adpd.run import paper_adam
 from adpd.train import POS_INT

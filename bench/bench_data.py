@@ -7,7 +7,7 @@ batch of B x 17 x 64 x 48 heatmaps, with ratios. Both pipelines use the same aug
 import argparse, time, warnings
 import numpy as np, torch
 from adpd.core import shared_data
-from adpd.data import CocoKeypoints, PoseTargets
+from adpd.data import CocoKeypoints, PoseTargets, SkipWarning
 from adpd.transforms import encode_heatmaps, decode_heatmaps, heatmap_to_image
 from classic import ClassicJointsDataset, classic_final_preds, classic_target
 
@@ -27,8 +27,8 @@ def main():
     torch.set_num_threads(1)
     d = shared_data('coco_tiny')
     if d is None: raise SystemExit('shared/data/coco_tiny not found: set ADPD_SHARED_DATA')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+    with warnings.catch_warnings():          # the people the dataset skips (no labelled joint) are expected; other warnings show
+        warnings.simplefilter('ignore', SkipWarning)
         ds = CocoKeypoints(d / 'person_keypoints_tiny.json', d / 'images', train=True)
     classic = ClassicJointsDataset(ds)
     tfm = PoseTargets(ds.heatmap_size)

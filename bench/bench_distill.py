@@ -9,7 +9,7 @@ the weight net's inputs not detached (`--no-detach`), with a tiny weight-net lea
 unbounded weights (`--no-bound`, the literal objective), and the published loss (`--faithful`), and prints AP with its spread and what the logs recorded (weights, KD loss,
 KD/pose gradient ratio). Every number is measured in this run; nothing is read from earlier runs.
 """
-import argparse, contextlib, csv, io, sys
+import argparse, csv, io, json, sys
 from pathlib import Path
 import numpy as np
 from adpd.train import main
@@ -45,6 +45,6 @@ if __name__ == '__main__':
             d = out / ('adpd-' + ('-'.join(f.strip('-') for f in flags) or 'default'))
             rows = [r for r in demo(d, vseeds, a.epochs, '--kd', 'adpd', *flags) if r['kd'] == 'adpd']
             f = lambda k: [float(r[k]) for r in rows]
-            logs = [d / f'seed{s}' / 'log.csv' for s in vseeds]        # one cohort per seed; ADPD's columns are adpd_*
-            table.append(f"| {name} | {stat(f('AP'))} | {stat(f('AP50'))} | {stat(f('pck'))} | {kd_summary(logs, 'adpd_')} |")
+            hist = [json.loads((d / f'seed{s}' / 'results.json').read_text())['history'] for s in vseeds]   # one cohort per seed; ADPD's columns are adpd_*
+            table.append(f"| {name} | {stat(f('AP'))} | {stat(f('AP50'))} | {stat(f('pck'))} | {kd_summary(hist, 'adpd_')} |")
         print('\n'.join(table))

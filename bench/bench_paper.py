@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from adpd.data import pose_dls
 from adpd.evaluate import coco_evaluate
-from adpd.run import Runtime, TrainError, train_cohort, say
-from adpd.recipes import BENCH, SHIPPED, DemoCohort, bench_data, shipped_model, model_from_name, paired_diffs, mean_std
+from adpd.run import Runtime, TrainError, Run, say
+from adpd.recipes import BENCH, SHIPPED, DemoCohort, bench_data, bench_card, shipped_model, model_from_name, paired_diffs, mean_std
 
 MEMBERS = (('none', 'none'), ('fpd', 'fpd'), ('kl', 'kl'), ('dkd', 'dkd'), ('adpd', 'adpd'),
            ('adpd_published', {'kd': 'adpd', 'faithful': True}))
@@ -57,17 +57,17 @@ def run(out, resume, n_images, epochs, seeds, smoke):
         c = DemoCohort(members=MEMBERS, epochs=epochs, lr=PROTOCOL['lr'], bs=PROTOCOL['bs'], seed=seed, schedule=PROTOCOL['schedule'],
                         n_images=n_images, teacher=teacher.shipped['sha256'], student=base.shipped['sha256'])
         t = time.time()
-        r = train_cohort(c, out / f'seed{seed}', Runtime(out=str(out), resume=resume, bar=False), 
-                         lambda: pose_dls(tr, va, bs=c.bs), make_students, teacher, evaluate=evaluate, eval_every=1,
-                         name=f'paper cohort (seed {seed})', part=True, card=dict(model=arch, image_size=BENCH['image_size']))
-        times[seed] = dict(wall_s=round(time.time() - t, 1), train_s=r['train_time'])
-        last = r['history'][-1]
-        for n, m in r['members'].items():
-            rows.append(dict(kd=n, seed=seed, **{k: m['metrics'][k] for k in ('AP', 'AP50', 'AP75', 'APm', 'AR')}, pck=last.get(f'{n}_pck'),
-                             best_AP=m['best'], best_epoch=(m['best_epoch'] or 0) + 1))
+        r = Run(c, out / f'seed{seed}', Runtime(out=str(out), resume=resume, bar=False, command=' '.join(sys.argv)),
+                lambda: pose_dls(tr, va, bs=c.bs), make_students, teacher, evaluate=evaluate, eval_every=1,
+                name=f'paper cohort (seed {seed})', part=True, card=bench_card(arch, tr.spec, ' '.join(sys.argv))).train()
+        times[seed] = dict(wall_s=round(time.time() - t, 1), train_s=r.train_time)
+        last = r.history[-1]
+        for n, m in r.members.items():
+            rows.append(dict(kd=n, seed=seed, **{k: m.metrics[k] for k in ('AP', 'AP50', 'AP75', 'APm', 'AR')}, pck=last.get(f'{n}_pck'),
+                             best_AP=m.best, best_epoch=(m.best_epoch or 0) + 1))
             curves += [dict(kd=n, seed=seed, epoch=h['epoch'] + 1, AP=h.get(f'{n}_AP'), AP50=h.get(f'{n}_AP50'), pck=h.get(f'{n}_pck'),
-                            train_pose=h.get(f'{n}_train_pose')) for h in r['history']]
-        say(f"seed {seed}: " + ', '.join(f"{n} {r['members'][n]['metrics']['AP']:.3f}" for n, _ in MEMBERS) + f" ({times[seed]['wall_s']:.0f}s)")
+                            train_pose=h.get(f'{n}_train_pose')) for h in r.history]
+        say(f"seed {seed}: " + ', '.join(f"{n} {r.members[n].metrics['AP']:.3f}" for n, _ in MEMBERS) + f" ({times[seed]['wall_s']:.0f}s)")
     return rows, curves, times, (teacher, base, tr, va)
 
 def write_csv(path, rows):

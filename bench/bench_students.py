@@ -11,7 +11,7 @@ per multiply-add), and the latency per crop (ms, median of `--runs` passes of ra
 and for ONNX Runtime on the CPU running the model exported by `adpd.export.export_student`, with the same number of threads. The
 exported model's heatmaps are checked against eager PyTorch's first ("ORT max rel err": max |ORT − eager| ÷ max |eager|). The
 speed-up is the teacher's latency ÷ the model's in the same runtime; "ORT ÷ eager" is the eager latency ÷ ONNX Runtime's for the
-same model. Everything is measured in this run by `adpd.models.compare_speed`, the function the demo's table uses, in interleaved
+same model. Everything is measured in this run by `adpd.speed.compare_speed` (`adpd.models.compare_speed`, the function the demo's table uses, plus ONNX Runtime), in interleaved
 rounds over the models; nothing is read from earlier runs. A run folder's models carry its trained weights (which do not change
 the speed); named models are freshly initialised.
 """
@@ -19,20 +19,15 @@ import argparse, json, os, platform, sys, warnings
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*')    # said by a dependency on import
 from pathlib import Path
 import torch
-from adpd.models import compare_speed, joint_params, read_state_dict, load_pose_checkpoint
-from adpd.recipes import BENCH, model_from_name, parse_size, shipped_model
+from adpd.core import parse_size
+from adpd.models import load_pose_model
+from adpd.recipes import BENCH, model_from_name, shipped_model
+from adpd.speed import compare_speed
 from adpd.run import TrainError
 
-def _K(name, path) -> int:
-    "The number of joints of the checkpoint `path` for the model `name` (from its per-joint layer)."
-    sd, jp = read_state_dict(path), joint_params(model_from_name(name))
-    k = next((k for k in jp if k in sd), None)
-    return int(sd[k].shape[jp[k]]) if k is not None else 17
-
 def load_model(name, path=None, joints=17):
-    "Model `name` with the weights of `path` (its number of joints read from them), or freshly initialised with `joints` joints."
-    if path is None: return model_from_name(name, joints)
-    return load_pose_checkpoint(model_from_name(name, _K(name, path)), str(path))
+    "Model `name` with the weights of `path` (read by `load_pose_model`, its number of joints from them), or freshly initialised with `joints` joints."
+    return model_from_name(name, joints) if path is None else load_pose_model(path, arch=name).model
 
 def _final(run) -> Path|None:
     "The weights a finished run left (`final.pth`, else `best.pth`), or None."

@@ -160,7 +160,7 @@ class Run:
             def after_cancel_step(self): self.skipped += 1
             def after_batch(self):
                 if not self.training: return
-                d = getattr(self.learn, 'distiller', None)
+                d = getattr(self.learn, 'distill', None)
                 last = getattr(d.kd_loss, 'last', {}) if d is not None else {}
                 self.rows.append(dict(loss=float(self.learn.loss),
                                       **{k: float(v) for k, v in last.items() if torch.is_tensor(v) and v.numel() == 1}))
@@ -313,7 +313,7 @@ class Run:
                     dls = self.repeat_dls((x, *b[1:]), s.corr_steps)
                     log = self.StepLog()
                     learn, student, _ = self.learner(dls, 'adpd', amp, cl, cbs=[log])
-                    kd_loss = learn.distiller.kd_loss
+                    kd_loss = learn.distill.kd_loss
                     if w0 is None: w0 = copy.deepcopy(kd_loss.state_dict())
                     else: kd_loss.load_state_dict(w0)
                     self.free(collect=False)

@@ -40,3 +40,16 @@ def finished(synth, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs') / 'done'
     assert main(coco_args(synth, out)) == 0
     return out
+
+def quiet(f, *a, **k):
+    "`f(*a, **k)` without the counted-skip warnings (`SkipWarning`) the fixtures expect; any other warning still shows."
+    from adpd.data import SkipWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', SkipWarning)
+        return f(*a, **k)
+
+def warned(f, *a, **k):
+    "`(f(*a, **k), [the messages of every warning it raised])`."
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        return f(*a, **k), [str(x.message) for x in w]

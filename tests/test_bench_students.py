@@ -3,7 +3,8 @@ import importlib.util, re, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from torch.utils.flop_counter import FlopCounterMode
-from adpd.models import create_pose_model, compare_speed, measure_latency
+from adpd.models import create_pose_model, measure_latency
+from adpd.speed import compare_speed
 from adpd.run import load_checkpoint
 from adpd.train import main
 

@@ -3,10 +3,11 @@ import json, warnings
 import numpy as np, pytest, torch
 from fastai.callback.training import ShortEpochCallback
 from fastai.torch_core import set_seed
-from adpd.learner import distill_cohort, distill_learner, make_kd_loss, KD_KINDS
-from adpd.losses import DKDLoss
-from adpd.models import TinyPoseNet
-from adpd.run import CohortConfig, Runtime, train_cohort
+from adpd.learner import distill_cohort, distill_learner
+from adpd.losses import DKDLoss, make_kd_loss, KD_KINDS
+from adpd.core import COCO17
+from adpd.models import TinyPoseNet, ModelCard
+from adpd.run import CohortConfig, Runtime, Run
 from adpd.testing import synth_dls
 from adpd.predict import load_student, predict, InputError
 from adpd import train as train_cli
@@ -52,14 +53,14 @@ def test_cohort_equals_separate_runs(pair, data):
         o = _opts(SPECS[n]); kd = o.pop('kd'); m = student()
         def make(dls):
             learn = distill_learner(dls, m, teacher, kd=None if kd == 'none' else kd, **o)
-            if n in wn_init: learn.distiller.kd_loss.load_state_dict(wn_init[n])
+            if n in wn_init: learn.distill.kd_loss.load_state_dict(wn_init[n])
             return learn
         return m, fit_steps(make, data)
     separate = {n: alone(n) for n in SPECS}
     together = {n: student() for n in SPECS}
     def cohort(dls):
         learn = distill_cohort(dls, teacher, {n: (together[n], s) for n, s in SPECS.items()})
-        for n, sd in wn_init.items(): learn.distiller.kd_loss.losses[n].load_state_dict(sd)
+        for n, sd in wn_init.items(): learn.distill.kd_loss.losses[n].load_state_dict(sd)
         return learn
     learn = fit_steps(cohort, data)
     for n in SPECS:
@@ -67,7 +68,7 @@ def test_cohort_equals_separate_runs(pair, data):
         assert not all(torch.equal(a[k], init[k]) for k in a), f'{n} did not train'
         for k in a: torch.testing.assert_close(b[k].float(), a[k].float(), rtol=1e-5, atol=1e-7, msg=lambda m: f'{n} {k}: {m}')
         if n in wn_init:
-            wa, wb = separate[n][1].distiller.kd_loss.state_dict(), learn.distiller.kd_loss.losses[n].state_dict()
+            wa, wb = separate[n][1].distill.kd_loss.state_dict(), learn.distill.kd_loss.losses[n].state_dict()
             assert not all(torch.equal(wa[k], wn_init[n][k]) for k in wa), f'{n}: weight net did not train'
             for k in wa: torch.testing.assert_close(wb[k].float(), wa[k].float(), rtol=1e-5, atol=1e-7, msg=lambda m: f'{n} {k}: {m}')
     # the members' columns: own PCK and valid loss, own KD values, own weights
@@ -109,7 +110,7 @@ def test_bad_members(pair, data):
     with pytest.raises(ValueError, match='weights must be three'): distill_cohort(dls, teacher, {'a': (student(), {'kd': 'dkd', 'dkd_weights': (1, 1)})})
 
 def test_kd_kinds_agree():
-    "The CLI offers exactly the learner's KD kinds, to the recipes and to the demo."
+    "The CLI offers exactly the losses' KD kinds, to the recipes and to the demo."
     p = train_cli.make_parser()
     kd = next(a for a in p._subparsers._group_actions[0].choices['coco']._actions if a.dest == 'kd')
     assert tuple(kd.choices) == KD_KINDS and p.parse_args(['demo', '--kd', ','.join(KD_KINDS)]).kd == KD_KINDS
@@ -120,35 +121,39 @@ def cohort_run(d, data, stop_after=None, resume=False, epochs=2):
     torch.manual_seed(0); teacher = TinyPoseNet(width=16)
     make = lambda: {n: TinyPoseNet(width=8) for n in ('plain', 'dkd', 'adpd')}
     rt = Runtime(out=str(d), bar=False, stop_after=stop_after, resume=resume)
-    return train_cohort(c, d, rt, lambda: synth_dls(data, n_images=16, bs=4), make, teacher, name='cohort',
-                        card=dict(model='tiny-w8', image_size='64x48'))
+    run = Run(c, d, rt, lambda: synth_dls(data, n_images=16, bs=4), make, teacher, name='cohort',
+              card=ModelCard(arch='tiny-w8', image_size=(48, 64), spec=COCO17), evaluate=lambda m: dict(AP=.5))
+    return run, run.train()
 
 def test_cohort_run_resumes_exactly_and_saves_standalone_students(tmp_path, data):
-    straight = cohort_run(tmp_path / 'straight', data)
-    stopped = cohort_run(tmp_path / 'killed', data, stop_after=1)
-    assert stopped['stopped'] and not (tmp_path / 'killed' / 'adpd' / 'final.pth').exists()
-    resumed = cohort_run(tmp_path / 'killed', data, resume=True)
+    straight, rs = cohort_run(tmp_path / 'straight', data)
+    _, stopped = cohort_run(tmp_path / 'killed', data, stop_after=1)
+    assert stopped.stopped and not (tmp_path / 'killed' / 'adpd' / 'final.pth').exists()
+    resumed, rr = cohort_run(tmp_path / 'killed', data, resume=True)
     for n in ('plain', 'dkd', 'adpd'):
-        a, b = straight['members'][n]['model'].state_dict(), resumed['members'][n]['model'].state_dict()
+        a, b = straight.models[n].state_dict(), resumed.models[n].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), n
-        assert straight['members'][n]['best'] == resumed['members'][n]['best']
+        assert rs.members[n].best == rr.members[n].best and rs.members[n].metrics == dict(AP=.5)
         d = tmp_path / 'straight' / n
-        assert sorted(p.name for p in d.iterdir()) == ['best.pth', 'config.json', 'final.pth']
-        assert json.loads((d / 'config.json').read_text())['model'] == 'tiny-w8'
+        assert sorted(p.name for p in d.iterdir()) == ['best.pth', 'card.json', 'final.pth']
+        card = json.loads((d / 'card.json').read_text())
+        assert card['arch'] == 'tiny-w8' and card['metrics'] == dict(AP=.5)
         s = load_student(d / 'final.pth')                     # a standalone student: load, predict
         assert all(torch.equal(v, a[k]) for k, v in s.model.state_dict().items())
         kp, sc = predict(s.model, np.zeros((64, 48, 3), np.uint8), image_size=s.image_size)
         assert kp.shape[1:] == (17, 2)
     with pytest.raises(InputError, match=r'a cohort run of 3 students; pass one member.s folder: .*straight/plain'): load_student(tmp_path / 'straight')
-    wa, wb = (r['learn'].distiller.kd_loss.state_dict() for r in (straight, resumed))
+    wa, wb = (r.learn.distill.kd_loss.state_dict() for r in (straight, resumed))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [h['epoch'] for h in rr.history] == [0, 1] and [h['adpd_valid_loss'] for h in rr.history] == [h['adpd_valid_loss'] for h in rs.history]
+    ck = torch.load(tmp_path / 'straight' / 'checkpoint.pth', weights_only=True)       # the checkpoint carries every member's card
+    assert ck['card'] is None and set(ck['member_cards']) == {'plain', 'dkd', 'adpd'}
     # the log has one line per epoch, the killed one's first line kept
     lines = lambda d: (tmp_path / d / 'log.csv').read_text().splitlines()
     assert len(lines('straight')) == len(lines('killed')) == 3
     # finished: read back with --resume, the members' final models from their folders
-    again = cohort_run(tmp_path / 'straight', data, resume=True)
-    assert all(torch.equal(v, straight['members']['adpd']['model'].state_dict()[k])
-               for k, v in again['members']['adpd']['model'].state_dict().items())
+    again, _ = cohort_run(tmp_path / 'straight', data, resume=True)
+    assert all(torch.equal(v, straight.models['adpd'].state_dict()[k]) for k, v in again.models['adpd'].state_dict().items())
 
 def test_cohort_member_exports(tmp_path, data):
     pytest.importorskip('onnxruntime', reason='onnxruntime is in the [deploy] extra')

@@ -2,15 +2,12 @@
 import json, shutil, warnings
 import cv2, numpy as np, pytest, torch
 from adpd.core import COCO17
-from adpd.data import CocoKeypoints, MPIIKeypoints, pose_dls, read_image, load_coco_json
+from adpd.core import UserError
+from adpd.data import CocoKeypoints, MPIIKeypoints, ImageError, SkipWarning, pose_dls, read_image, load_coco_json
 from adpd.transforms import decode_heatmaps
+from conftest import warned
 
 ANN, DET = 'person_keypoints_tiny.json', 'person_detection_results_tiny.json'
-
-def quiet(f, *a, **k):
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter('always')
-        return f(*a, **k), [str(x.message) for x in w]
 
 def write_coco(tmp_path, names, people, size=(160, 200), n_images=1, draw=None, skeleton=()):
     "A small COCO json + images: `people` is a list of (image index, joints (K,3), bbox)."
@@ -30,7 +27,7 @@ def write_coco(tmp_path, names, people, size=(160, 200), n_images=1, draw=None, 
 # --- real fixtures -----------------------------------------------------------
 
 def test_coco_tiny_gt_and_dets(coco_tiny):
-    ds, msgs = quiet(CocoKeypoints, coco_tiny / ANN, coco_tiny / 'images', train=False)
+    ds, msgs = warned(CocoKeypoints, coco_tiny / ANN, coco_tiny / 'images', train=False)
     assert len(ds) == 12 and ds.skips == {'no labelled joint': 2}
     assert any('skipped 2 samples' in m and ANN in m for m in msgs)
     x, j = ds[0]
@@ -153,18 +150,48 @@ def test_unusable_persons_are_counted_skips(tmp_path):
     people = [(0, j, [20, 20, 80, 120]), (0, j * [1, 1, 0], [20, 20, 80, 120]), (0, j, [20, 20, 0, 50]),
               (0, j, [20, 20, -5, 50]), (0, j, [500, 20, 30, 30])]
     ann, img = write_coco(tmp_path, COCO17.names, people)
-    ds, msgs = quiet(CocoKeypoints, ann, img)
+    ds, msgs = warned(CocoKeypoints, ann, img)
     assert len(ds) == 1
     assert ds.skips == {'no labelled joint': 1, 'empty or outside box': 3}
     assert len(msgs) == 1 and 'skipped 4 samples' in msgs[0] and 'ann.json' in msgs[0]
 
+def test_skips_warn_with_their_own_category(tmp_path):
+    "The counted-skip warning is a SkipWarning (a UserWarning), so it can be filtered without hiding any other warning."
+    j = np.c_[np.full((17, 2), 60.), np.full(17, 2.)]
+    ann, img = write_coco(tmp_path, COCO17.names, [(0, j, [20, 20, 80, 120]), (0, j * [1, 1, 0], [20, 20, 80, 120])])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        CocoKeypoints(ann, img)
+    assert [x.category for x in w] == [SkipWarning] and issubclass(SkipWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        warnings.filterwarnings('ignore', category=SkipWarning)
+        assert len(CocoKeypoints(ann, img)) == 1
+
+def test_synth_dls_hides_only_skip_warnings(tmp_path, monkeypatch):
+    "synth_dls silences the skips it expects, and nothing else: another warning raised meanwhile still shows."
+    import adpd.testing
+    real = adpd.testing.CocoKeypoints
+    def noisy(*a, **k):
+        warnings.warn('another problem', UserWarning)
+        warnings.warn('x.json: skipped 1 samples', SkipWarning)
+        return real(*a, **k)
+    monkeypatch.setattr(adpd.testing, 'CocoKeypoints', noisy)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        adpd.testing.synth_dls(tmp_path, n_images=8, bs=4)
+    got = [(x.category, str(x.message)) for x in w]
+    assert got.count((UserWarning, 'another problem')) == 2 and not any(c is SkipWarning for c, _ in got), got
+
 def test_missing_and_corrupt_images(tmp_path):
     ann, img = write_coco(tmp_path, COCO17.names, _people(1) + [(1, _people(1)[0][1], [20, 20, 80, 120])], n_images=2)
     (img / '1.jpg').unlink()
-    ds, msgs = quiet(CocoKeypoints, ann, img)
+    ds, msgs = warned(CocoKeypoints, ann, img)
     assert len(ds) == 1 and ds.skips == {'missing image file': 1} and 'missing image file: 1' in msgs[0]
     (img / '0.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
     with pytest.raises(ValueError, match=r'0\.jpg: corrupt or truncated image'): ds[0]
+    with pytest.raises(UserError, match=r'0\.jpg: corrupt'): ds[0]            # a problem the user can fix
+    assert issubclass(ImageError, UserError) and issubclass(ImageError, ValueError)
     (img / '0.jpg').unlink()
     with pytest.raises(FileNotFoundError, match=r'0\.jpg: image file not found'): ds[0]
 
@@ -178,7 +205,7 @@ def test_detection_file_problems(tmp_path):
     det.write_text(json.dumps([dict(image_id=1, bbox=[10, 10, 50, 80], score=.9, category_id=1),
                                dict(image_id=77, bbox=[10, 10, 50, 80], score=.9, category_id=1),
                                dict(image_id=1, bbox=[10, 10, 0, 80], score=.9, category_id=1)]))
-    ds, msgs = quiet(CocoKeypoints, ann, img, train=False, det_file=det)
+    ds, msgs = warned(CocoKeypoints, ann, img, train=False, det_file=det)
     assert len(ds) == 1 and ds.skips == {'unknown image id': 1, 'empty box': 1}
     assert 'det.json: skipped 2 samples' in msgs[0]
     det.write_text(json.dumps([dict(image_id=77, bbox=[10, 10, 50, 80], score=.9)]))

@@ -1,10 +1,12 @@
-"The shipped teacher and student: files, sha256, size, recorded AP, heatmaps that peak at the joints; the demo command."
-import json, shutil
+"The shipped teacher and student: files, sha256, model cards, size, recorded AP, heatmaps that peak at the joints; the benchmark data."
+import json, shutil, warnings
 from pathlib import Path
 import numpy as np, pytest, torch
-from adpd.recipes import WEIGHTS, SHIPPED, BENCH, shipped_model, sha256, bench_data, parse_size
+import adpd.recipes
+from adpd.recipes import WEIGHTS, SHIPPED, BENCH, shipped_model, bench_data
 from adpd.run import TrainError
-from adpd.core import n_params
+from adpd.core import n_params, parse_size, sha256, UserError
+from adpd.data import SkipWarning
 from adpd.evaluate import coco_evaluate
 from adpd.models import model_stats
 from adpd.data import pose_dls
@@ -24,11 +26,20 @@ def test_shipped_files_sizes_and_sha256():
         log = (WEIGHTS / f'{r}_log.csv').read_text().splitlines()
         assert len(log) == info['config']['epochs'] + 1                 # one row per epoch, all of them
 
+def test_shipped_models_carry_their_card():
+    "Each shipped model's record holds its model card: the architecture, the benchmark's input size, synthetic data, its metrics."
+    w, h = parse_size(BENCH['image_size'])
+    for r in ROLES:
+        info = json.loads((WEIGHTS / f'{r}.json').read_text())
+        card = info['card']
+        assert card['arch'] == info['model'] and tuple(card['image_size']) == (w, h) and card['data']['synthetic'] is True
+        assert card['metrics']['AP'] == info['metrics']['AP'] and f'--train-{r}' in card['command']
+
 def test_a_changed_file_is_refused_with_its_name(tmp_path):
     for f in WEIGHTS.iterdir(): shutil.copy(f, tmp_path / f.name)
     b = bytearray((tmp_path / 'teacher.pth').read_bytes()); b[len(b) // 2] ^= 0xff
     (tmp_path / 'teacher.pth').write_bytes(bytes(b))
-    with pytest.raises(TrainError, match=r'teacher\.pth: sha256 .* does not match'): shipped_model('teacher', tmp_path)
+    with pytest.raises(TrainError, match=r'teacher\.pth.*sha256'): shipped_model('teacher', tmp_path)
     (tmp_path / 'student.json').unlink()
     with pytest.raises(TrainError, match='student.json: no shipped student'): shipped_model('student', tmp_path)
 
@@ -67,7 +78,19 @@ def test_student_is_smaller_and_cheaper(teacher):
     assert st['gmacs'] >= 3 * ss['gmacs'], (st, ss)    # the speed itself is measured by the demo and bench/bench_distill.py
 
 def test_parse_size_refuses_empty_and_odd_sizes():
-    from adpd.run import TrainError
     assert parse_size('256x192') == (192, 256) and parse_size(' 64 × 48 ') == (48, 64)
     for bad in ('0x0', '0x192', '255x192', 'abc'):
-        with pytest.raises(TrainError, match='size'): parse_size(bad)
+        with pytest.raises(UserError, match='size'): parse_size(bad)
+
+def test_bench_data_hides_only_the_counted_skips(tmp_path, monkeypatch):
+    "The benchmark's expected skips (`SkipWarning`) are not shown; any other warning of the datasets is."
+    def dataset(*a, **k):
+        warnings.warn('skipped 3 people (no labelled joint: 3)', SkipWarning)
+        warnings.warn('something else', UserWarning)
+        return object()
+    monkeypatch.setattr(adpd.recipes, 'CocoKeypoints', dataset)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter('always')
+        bench_data(tmp_path, n_images=16, quiet=True)
+    msgs = [str(w.message) for w in got]
+    assert msgs.count('something else') == 2 and not any('skipped' in m for m in msgs), msgs

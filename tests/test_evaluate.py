@@ -6,15 +6,11 @@ from adpd.core import COCO17, KeypointSpec
 from adpd.data import CocoKeypoints, MPIIKeypoints, PoseRecords
 from adpd.transforms import PIXEL_STD
 from adpd.testing import HeatmapOracle
+from conftest import quiet
 from adpd.evaluate import (COCO_METRICS, rescore, oks_iou, oks_nms, predict_keypoints, gt_keypoints,
                            coco_results, coco_keypoint_eval, coco_evaluate, pckh)
 
 ANN, DET = 'person_keypoints_tiny.json', 'person_detection_results_tiny.json'
-
-def quiet(f, *a, **k):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return f(*a, **k)
 
 def tiny(root, **kw): return quiet(CocoKeypoints, root / ANN, root / 'images', train=False, **kw)
 

@@ -124,3 +124,35 @@ def test_requirements_complete():
             for top, (f, line, inner) in third_party().items()
             if DIST.get(top, top).lower() not in (req if not inner else req | extra)]
     assert not miss, '\n'.join(miss)
+
+# --- no dead imports: every name a module imports at its top is used in it (or re-exported in its __all__) ---
+SIDE_EFFECTS = {('learner.py', 'fastai')}   # `import fastai.callback.all`: fastai's Learner methods (lr_find, to_fp16, ...) patched in
+
+def unused_imports(f:Path) -> list:
+    "Names bound by the module-level imports of `f` (also under `with`/`try`) that the module never reads nor lists in `__all__`."
+    tree = ast.parse(f.read_text())
+    bound = {}
+    for top in tree.body:
+        for n in ([top] if isinstance(top, (ast.Import, ast.ImportFrom)) else ast.walk(top) if isinstance(top, (ast.With, ast.Try)) else []):
+            if isinstance(n, ast.Import): bound.update({(a.asname or a.name).split('.')[0]: n.lineno for a in n.names})
+            elif isinstance(n, ast.ImportFrom) and n.module != '__future__':
+                bound.update({a.asname or a.name: n.lineno for a in n.names if a.name != '*'})
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    exported = next((ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                     and getattr(n.targets[0], 'id', '') == '__all__' and isinstance(n.value, (ast.List, ast.Tuple))), [])
+    return [f"{f.name}:{line} imports {k}, unused" for k, line in bound.items()
+            if k not in used and k not in exported and (f.name, k) not in SIDE_EFFECTS]
+
+def test_no_dead_imports(tmp_path):
+    bad = [u for f in sorted(PKG.rglob('*.py')) if f.name != '_modidx.py' for u in unused_imports(f)]
+    assert not bad, '\n'.join(bad)
+    (tmp_path / 'm.py').write_text('import math, os\nfrom pathlib import Path\nprint(os.sep)\n')     # the check finds them
+    assert unused_imports(tmp_path / 'm.py') == ['m.py:1 imports math, unused', 'm.py:2 imports Path, unused']
+
+def test_importing_the_package_says_nothing():
+    "Importing every module prints no warning a user would see (fastai's import-time `torch.jit.script` notice is silenced where fastai is imported)."
+    import subprocess
+    mods = sorted({'adpd.' + '.'.join(f.relative_to(PKG).with_suffix('').parts).removesuffix('.__init__')
+                   for f in PKG.rglob('*.py') if f.name != '_modidx.py'} - {'adpd.'})
+    r = subprocess.run([sys.executable, '-c', '; '.join(f'import {m}' for m in mods)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-2000:]

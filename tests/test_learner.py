@@ -6,7 +6,8 @@ from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.progress import CSVLogger
 from fastai.learner import load_learner
-from adpd.learner import distill_learner, pose_learner, DistillCallback, with_eval
+from adpd.learner import distill_learner, distill_cohort, pose_learner, DistillCallback, with_eval
+from adpd.losses import KDConfig
 from adpd.evaluate import coco_evaluate
 from adpd.models import load_pose_checkpoint
 from adpd.models import TinyPoseNet
@@ -28,13 +29,13 @@ def test_distillation_epoch(dls, tmp_path, kd):
     teacher, student = TinyPoseNet(width=24), TinyPoseNet()
     t0, s0 = snapshot(teacher), snapshot(student)
     learn = distill_learner(dls, student, teacher, kd=kd, lr=1e-3, path=tmp_path)
-    w0 = snapshot(learn.distiller.kd_loss)
+    w0 = snapshot(learn.distill.kd_loss)
     quiet_fit(learn)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t0.items()), 'teacher changed'
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert not all(torch.equal(v, student.state_dict()[k]) for k, v in s0.items()), 'student did not move'
     if kd == 'adpd':
-        w1 = learn.distiller.kd_loss.state_dict()
+        w1 = learn.distill.kd_loss.state_dict()
         assert not torch.equal(w0['weight_net.fc2.bias'], w1['weight_net.fc2.bias']), 'weight net did not move'
         assert not torch.equal(w0['weight_net.fc1.weight'], w1['weight_net.fc1.weight'])
         names = ['kd_grad', 'BiKD', 'KAD', 'NAD', 'w_BiKD', 'w_KAD', 'w_NAD']
@@ -69,7 +70,7 @@ def test_export_carries_no_teacher(dls, tmp_path):
     quiet_fit(learn)
     learn.export('exp.pkl')
     new = load_learner(tmp_path / 'exp.pkl', cpu=True)
-    assert new.distiller.teacher is None and learn.distiller.teacher is teacher
+    assert new.distill.teacher is None and learn.distill.teacher is teacher
     assert not any(k.startswith('teacher') for k in new.model.state_dict())
     with pytest.raises(ValueError, match='no teacher'): new.fit(1)
 
@@ -101,16 +102,16 @@ def test_faithful_weight_net_trains_only_its_last_bias(dls):
     torch.manual_seed(3)
     # no weight decay: it would move every weight, gradient or not
     learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(width=24), kd='adpd', faithful=True, lr=1e-2, wd=0.)
-    w0 = snapshot(learn.distiller.kd_loss.weight_net)
+    w0 = snapshot(learn.distill.kd_loss.weight_net)
     quiet_fit(learn)
-    w1 = learn.distiller.kd_loss.weight_net.state_dict()
+    w1 = learn.distill.kd_loss.weight_net.state_dict()
     moved = {k for k in w0 if not torch.equal(w0[k], w1[k]) and 'running' not in k and 'num_batches' not in k}
     assert moved == {'fc2.bias'}
 
 def test_unknown_kd_and_plain_training(dls):
     with pytest.raises(ValueError, match="kd='mse'"): distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='mse')
     learn = distill_learner(dls, TinyPoseNet(), None, kd=None)
-    assert not hasattr(learn, 'distiller') and [m.name for m in learn.metrics] == ['pck']
+    assert not hasattr(learn, 'distill') and [m.name for m in learn.metrics] == ['pck']
 
 def test_weight_lr_follows_the_schedule(dls):
     "The weight net's lr is `weight_lr_mult` times the student's at every step, through the one-cycle schedule and after it."
@@ -124,12 +125,23 @@ def test_weight_lr_follows_the_schedule(dls):
 
 def test_adpd_options_reach_the_loss(dls):
     "detach and bound are ADPD's defaults; faithful turns both off; each can be turned off alone."
-    kd = lambda **kw: distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='adpd', **kw).distiller.kd_loss
+    kd = lambda **kw: distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='adpd', **kw).distill.kd_loss
     assert (kd().bound, kd().weight_net.detach) == (True, True)
     assert (kd(bound=False).bound, kd(bound=False).weight_net.detach) == (False, True)
     assert (kd(detach=False).bound, kd(detach=False).weight_net.detach) == (True, False)
     f = kd(faithful=True)
     assert (f.bound, f.weight_net.detach, f.weight_net.faithful) == (False, False, True)
+
+def test_kd_settings_are_one_object(dls):
+    "The documented call works; its keywords become one `KDConfig` (defaults from it), which the callback exposes as `learn.distill.cfg`."
+    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='adpd', alpha=0.5, T=1., thr=0.5, lr=1e-3)
+    assert isinstance(learn.distill, DistillCallback) and learn.distill.cfg == KDConfig() and 'distiller' not in vars(learn)
+    kl = distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='kl', cfg=KDConfig(T=2., thr=.3), alpha=.25).distill
+    assert kl.cfg == KDConfig(T=2., thr=.3, alpha=.25) and (kl.kd_loss.T, kl.kd_loss.alpha) == (2., .25)
+    w = distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='adpd', cfg=KDConfig(weight_lr=1e-5), lr=1e-3)
+    np.testing.assert_allclose(w.lr, [1e-3, 1e-5])                         # the config's weight-net lr, as a second group
+    c = distill_cohort(dls, TinyPoseNet(), {'a': (TinyPoseNet(), 'dkd'), 'b': (TinyPoseNet(), {'kd': 'kl', 'T': 4.})}, T=2.)
+    assert c.distill.cfg.T == 2. and [f.cfg.T for f in c.distill.kd_loss.losses.values()] == [2., 4.]
 
 def test_evaluator_runs_its_function_at_the_epochs_asked(dls):
     "with_eval(fn, every=2) over 3 epochs calls fn after epochs 2 and 3 (the last), on the unwrapped model; NaN in the other rows."

@@ -1,10 +1,10 @@
-"Run folders under stress: broken or missing checkpoints on --resume, a full disk, a non-finite loss, a corrupt results.json."
+"Run folders under stress: broken or missing checkpoints on --resume, a full disk, a non-finite loss, a finished run resumed with files missing."
 import errno, json, re, shutil
 from pathlib import Path
 import pytest, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
-from adpd.run import FitConfig, TrainError, fit_run, paper_adam, load_checkpoint, atomic_save
+from adpd.run import FitConfig, TrainError, fit_run, paper_adam, load_checkpoint, atomic_save, MemberBest
 from adpd.learner import distill_learner, DistillCallback
 from adpd.models import TinyPoseNet, create_pose_model
 from adpd.testing import synth_dls
@@ -44,14 +44,14 @@ def test_resume_needs_a_run_to_resume(synth, finished, tmp_path, capsys):
     before = snapshot(out)
     assert main(coco_args(synth, out, '--resume')) == 2
     err = capsys.readouterr().err
-    assert f'{out} has best.pth, config.json, keypoints_val_results.json, log.csv but no checkpoint.pth; nothing to resume' in err, err
+    assert f'{out} has best.pth, card.json, config.json, keypoints_val_results.json, log.csv but no checkpoint.pth; nothing to resume' in err, err
     assert snapshot(out) == before                       # best.pth not overwritten by a fresh start
 
 def test_demo_resume_needs_a_run_to_resume(tmp_path, capsys):
-    for extra in ([], ['--train-teacher']):
-        out = tmp_path / f'demo{len(extra)}'
+    for extra in (['--quick'], ['--train-teacher']):
+        out = tmp_path / f'demo{extra[0]}'
         capsys.readouterr()
-        assert main(['demo', '--quick', '--no-bar', '--data-root', str(tmp_path / 'data'), '--out', str(out), '--resume', *extra]) == 2
+        assert main(['demo', '--no-bar', '--data-root', str(tmp_path / 'data'), '--out', str(out), '--resume', *extra]) == 2
         assert f'{out}: no such run folder' in capsys.readouterr().err and not out.exists()
 
 # ---------------------------------------------------------------- a full disk
@@ -93,7 +93,7 @@ class Poison(Callback):
     def before_batch(self):
         if self.hit() and self.term == 'pose': self.learn.yb = (torch.full_like(self.yb[0], float('nan')), *self.yb[1:])
     def after_pred(self):
-        if self.hit() and self.term == 'kd': self.learn.distiller.t_out = torch.full_like(self.learn.distiller.t_out, float('nan'))
+        if self.hit() and self.term == 'kd': self.learn.distill.t_out = torch.full_like(self.learn.distill.t_out, float('nan'))
 
 class BreakWeights(Callback):
     "Make a weight of the student NaN after the last step of an epoch (the losses of that epoch stay finite)."
@@ -107,8 +107,9 @@ def tiny_fit(d, cfg, cbs=()):
     set_seed(cfg.seed)
     learn = distill_learner(synth_dls(d / 'data', n_images=16, bs=4), TinyPoseNet(width=8), TinyPoseNet(width=8), kd=None if cfg.kd == 'none' else cfg.kd,
                             lr=cfg.lr, opt_func=paper_adam)
-    if cfg.kd != 'none': learn.distiller.teacher.eval()
-    with learn.no_bar(), learn.no_logging(): return fit_run(learn, d / 'run', cfg, cbs=cbs)
+    if cfg.kd != 'none': learn.distill.teacher.eval()
+    best = MemberBest({'student': (learn.model, d / 'run')})           # best.pth, as a `Run` keeps it
+    with learn.no_bar(), learn.no_logging(): return fit_run(learn, d / 'run', cfg, cbs=[best, *cbs])
 
 @pytest.mark.parametrize('kd, term, name', [('adpd', 'kd', 'the KD term'), ('fpd', 'pose', 'the ground-truth MSE term'),
                                             ('none', 'pose', 'the ground-truth MSE term')])
@@ -150,24 +151,16 @@ def test_nan_teacher_from_the_command_line(synth, tmp_path, capsys):
     assert re.search(r'non-finite training loss \(nan\) in epoch 1/2, batch 1/\d+: the KD term \(kd\) is nan', err) and 'Traceback' not in err, err
     assert not (out / 'checkpoint.pth').exists() and not (out / 'final.pth').exists()
 
-# ---------------------------------------------------------------- a finished run read back with --resume
-def test_finished_run_with_missing_final_or_corrupt_results(synth, finished, tmp_path, capsys):
-    out = copy_run(finished, tmp_path / 'a')
-    (out / 'final.pth').unlink()
-    capsys.readouterr()
-    assert main(coco_args(synth, out, '--resume')) == 2
-    err = capsys.readouterr().err
-    assert f'{out / "final.pth"}: missing' in err and 'Traceback' not in err, err
-    out = copy_run(finished, tmp_path / 'b')
-    (out / 'final.pth').write_bytes(b'')
-    assert main(coco_args(synth, out, '--resume')) == 2
-    assert f'{out / "final.pth"}: empty file (0 bytes)' in capsys.readouterr().err
-    for bad in ('{"name": "x", "hist', '[1, 2]', '{"name": "x"}'):
-        out = copy_run(finished, tmp_path / f'c{len(bad)}')
-        (out / 'results.json').write_text(bad)
-        assert main(coco_args(synth, out, '--resume')) == 2
-        err = capsys.readouterr().err
-        assert f'{out / "results.json"}: ' in err and 'corrupt' in err and 'Traceback' not in err, err
-    out = copy_run(finished, tmp_path / 'd')           # the advice works: without results.json the finished run is read again
-    (out / 'results.json').unlink()
-    assert main(coco_args(synth, out, '--resume')) == 0 and json.loads((out / 'results.json').read_text())['epochs'] == 2
+# ---------------------------------------------------------------- a finished run resumed
+@pytest.mark.parametrize('damage', ['final.pth missing', 'final.pth empty', 'results.json corrupt', 'results.json a list', 'results.json missing'])
+def test_finished_run_resumed_is_finished_again(damage, synth, finished, tmp_path):
+    "A finished run resumed loads its last checkpoint, has no epoch left, and writes its final model and results again: nothing is read back."
+    out = copy_run(finished, tmp_path / 'run')
+    f = out / damage.split()[0]
+    if damage.endswith('missing'): f.unlink()
+    else: f.write_text({'final.pth empty': '', 'results.json corrupt': '{"name": "x", "hist', 'results.json a list': '[1, 2]'}[damage])
+    assert main(coco_args(synth, out, '--resume')) == 0
+    ref, sd = (torch.load(d / 'final.pth', weights_only=True) for d in (finished, out))
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+    r0, r1 = (json.loads((d / 'results.json').read_text()) for d in (finished, out))
+    assert r1['epochs'] == 2 and r1['history'] == r0['history'] and r1['metrics'] == pytest.approx(r0['metrics'])

@@ -185,11 +185,11 @@ def test_gt_against_itself_gives_ap_1(ds):
 def test_synthetic_gt_scores_ap_one_through_the_kit(tmp_path):
     "The synthetic val split read by CocoKeypoints and scored by coco_evaluate: GT gives AP 1, jitter less."
     import warnings
-    from adpd.data import CocoKeypoints
+    from adpd.data import CocoKeypoints, SkipWarning
     from adpd.evaluate import coco_evaluate, gt_keypoints
     paths = make_synthetic_coco(tmp_path / 's', n_images=30, seed=5)
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+        warnings.simplefilter('ignore', SkipWarning)
         ds = CocoKeypoints(*paths['val'], train=False)
     kp, mv = gt_keypoints(ds)
     r = coco_evaluate((kp, mv), ds)

@@ -2,12 +2,12 @@
 import json, os, re, shutil, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from adpd.train import main, make_parser
+from adpd.train import main, make_parser, config_from_args
 from conftest import coco_args
 from adpd.run import load_checkpoint
 from adpd.recipes import SHIPPED
 from adpd.models import create_pose_model as build_model
-from adpd.models import load_pose_checkpoint
+from adpd.models import load_pose_checkpoint, read_card
 
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore')
 BIN = Path(sys.executable).parent
@@ -47,7 +47,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     for k in ('none', 'dkd', 'adpd'):
         m = load_pose_checkpoint(build_model(name), out / 'seed1' / k / 'final.pth')
         sd_equal(m.state_dict(), {n[len(f'members.{k}.'):]: v for n, v in ck.items() if n.startswith(f'members.{k}.')}, rtol=0, atol=0)
-    # the same command again is refused (it would overwrite the run); with --resume the results are read back
+    # the same command again is refused (it would overwrite the run); with --resume each finished cohort is finished again
     args = ['demo', '--quick', '--no-bar', '--threads', '1', '--data-root', str(tmp_path / 'data'), '--out', str(out)]
     capsys.readouterr()
     assert main(args) == 2 and 'pass --resume' in capsys.readouterr().err
@@ -59,14 +59,36 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 def test_demo_flags(capsys):
     "--detach/--no-detach and --faithful reach the run config; bad seeds and kinds are refused in one line."
     p = make_parser()
-    assert p.parse_args(['demo']).detach is True and p.parse_args(['demo', '--no-detach']).detach is False
-    assert p.parse_args(['demo']).bound is True and p.parse_args(['demo', '--no-bound']).bound is False
+    cfg = lambda *a: config_from_args(p.parse_args(['demo', *a]))[0]
+    assert cfg().detach is True and cfg('--no-detach').detach is False
+    assert cfg().bound is True and cfg('--no-bound').bound is False
     assert p.parse_args(['coco', '--data-root', '.', '--faithful']).faithful is True
     assert p.parse_args(['coco', '--data-root', '.', '--kd', 'dkd', '--dkd-weights', '1,0.5,2']).dkd_weights == (1., .5, 2.)
     assert p.parse_args(['demo']).kd is None and p.parse_args(['demo', '--kd', 'none,dkd']).kd == ('none', 'dkd')
     for args, msg in ((['--seeds', 'a,b'], "argument --seeds: 'a,b': comma-separated integers"), (['--kd', 'adpd,mse'], "unknown ['mse']")):
         with pytest.raises(SystemExit) as e: main(['demo', '--quick', *args])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+@pytest.mark.parametrize('args, msg', [
+    (['--train-teacher', '--T', '2'], '--T do not apply'), (['--train-student', '--epochs', '3'], '--epochs do not apply'),
+    (['--train-teacher', '--kd', 'adpd', '--seeds', '1'], '--kd, --seeds do not apply'), (['--train-teacher', '--quick'], '--quick do not apply'),
+    (['--train-teacher', '--no-bound', '--faithful'], '--bound, --faithful do not apply'), (['--seed', '3'], '--seed does not apply'),
+    (['--teacher-epochs', '3'], '--teacher-epochs applies only with --train-teacher')])
+def test_demo_refuses_flags_it_would_not_use(args, msg, tmp_path, capsys):
+    "Every flag the demo is given is used or refused (exit 2, one line) before any work: none is dropped silently."
+    out = tmp_path / 'run'
+    assert main(['demo', '--no-bar', '--out', str(out), '--data-root', str(tmp_path / 'data'), *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count('\n') == 1 and not out.exists() and not (tmp_path / 'data').exists(), err
+
+def test_demo_train_teacher_takes_the_run_flags():
+    "--train-teacher/--train-student honour --seed, --precision, --lr, --bs, --n-images and --teacher-epochs."
+    cs, _ = config_from_args(make_parser().parse_args(['demo', '--train-teacher', '--train-student', '--seed', '3', '--precision', 'bf16',
+                                                       '--lr', '1e-3', '--bs', '8', '--n-images', '40', '--teacher-epochs', '2']))
+    assert [(c.role, c.seed, c.precision, c.lr, c.bs, c.n_images, c.epochs) for c in cs] == [
+        ('teacher', 3, 'bf16', 1e-3, 8, 40, 2), ('student', 3, 'bf16', 1e-3, 8, 40, 2)]
+    c, _ = config_from_args(make_parser().parse_args(['demo', '--precision', 'fp16', '--T', '2']))
+    assert (c.precision, c.T) == ('fp16', 2.)
 
 @pytest.mark.parametrize('flag, value, msg', [('--epochs', '-1', 'must be an integer ≥ 1'), ('--epochs', '0', '≥ 1'), ('--bs', '0', '≥ 1'),
     ('--workers', '-2', '≥ 0'), ('--threads', '0', '≥ 1'), ('--image-size', '0x0', 'positive multiples of 4'),
@@ -109,6 +131,9 @@ def test_resume_is_exact(synth, finished, tmp_path):
     r1, r2 = (json.loads((o / 'results.json').read_text()) for o in (finished, out))
     assert r1['metrics'] == pytest.approx(r2['metrics'])
     assert [h['valid_loss'] for h in r1['history']] == pytest.approx([h['valid_loss'] for h in r2['history']])
+    card = read_card(out / 'card.json')                      # the card: what started the run, the final metrics
+    assert '--stop-after 1' in card.command and '--resume' not in card.command and card.metrics == pytest.approx(r2['metrics'])
+    assert card.arch == 'tiny-w8' and card.image_size == (48, 64) and card.data['path'].endswith('person_keypoints_train.json')
 
 def test_a_run_written_before_a_new_flag_resumes(synth, tmp_path, capsys):
     "A run folder whose config predates a flag (no key for it) resumes while the flag keeps its default; another value is refused."

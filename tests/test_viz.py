@@ -1,5 +1,4 @@
 "Visualisation: pose batches and results in fastai, the decoupling figure and the heatmap inspector show the numbers the loss uses."
-import warnings
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -11,14 +10,12 @@ from adpd.transforms import encode_heatmaps, decode_heatmaps, to_input
 from adpd.learner import pose_learner, distill_learner
 from adpd.models import TinyPoseNet
 from adpd.testing import synth_dls
-from adpd.viz import (DECOUPLING_PANELS, HeatmapInspector, decoupling_data, denormalize, show_decoupling, item_heatmaps,
-                      _plain_item)
+from adpd.viz import (DECOUPLING_PANELS, HeatmapInspector, DecouplingSource, Decoupling, compute_decoupling, draw_decoupling,
+                      distill_settings, denormalize, show_decoupling, _plain_item)
 
 @pytest.fixture(scope='module')
 def dls(tmp_path_factory):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return synth_dls(tmp_path_factory.mktemp('synth'), n_images=16, bs=6, image_size=(48, 64))
+    return synth_dls(tmp_path_factory.mktemp('synth'), n_images=16, bs=6, image_size=(48, 64))
 
 @pytest.fixture(autouse=True)
 def close_figures():
@@ -102,9 +99,7 @@ def test_pose_loaders_draw_and_fastai_is_untouched(dls):
 def test_show_results(dls):
     torch.manual_seed(0)
     learn = pose_learner(dls, TinyPoseNet())
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        learn.show_results(max_n=4, ncols=2)
+    learn.show_results(max_n=4, ncols=2)
     fig = plt.gcf()
     assert len(fig.axes) == 12
     p = panels(fig)
@@ -139,7 +134,8 @@ def test_show_decoupling_panels_and_data(T, thr, joint):
     s, t, tg, tw = made_up()
     tw[0, 0] = 0                                           # an unlabelled joint changes the means
     wn = perturbed(WeightNet(3))
-    fig = show_decoupling(s[0], t[0], tg[0], joint=joint, T=T, thr=thr, target_weight=tw, weight_net=wn, dpi=50)
+    src = DecouplingSource.from_heatmaps(s[0], t[0], tg[0], target_weight=tw, T=T, thr=thr, weight_net=wn)
+    fig = show_decoupling(src, joint=joint, dpi=50)
     p = panels(fig)
     assert set(DECOUPLING_PANELS) <= set(p)
     ref = decoupled_kd(s, t, tg, tw, T=T, thr=thr)
@@ -173,47 +169,118 @@ def test_show_decoupling_panels_and_data(T, thr, joint):
     with torch.no_grad(): w = wn.eval()(s, t, ref)[0]
     np.testing.assert_allclose([r.get_height() for r in p['weights'].containers[0]], w.numpy(), rtol=1e-6)
     assert not np.allclose(w.numpy(), 1.)
-    assert fig.decoupling['terms'] == pytest.approx({n: float(ref[n][0, joint]) for n in TERMS}, rel=1e-6)
+    assert fig.decoupling.terms == pytest.approx({n: float(ref[n][0, joint]) for n in TERMS}, rel=1e-6)
+    assert fig.decoupling.adaptive and fig.decoupling.name == f'joint {joint}'     # no spec given: joints by number
 
 def test_show_decoupling_views_edge_cases_and_errors():
     s, t, tg, tw = made_up()
-    fig = show_decoupling(s[0], t[0], tg[0], joint=1, view='difference', dpi=50)
+    src = DecouplingSource.from_heatmaps(s[0], t[0], tg[0])
+    fig = show_decoupling(src, joint=1, view='difference', dpi=50)
     np.testing.assert_allclose(image_data(panels(fig)['image']), (s - t)[0, 1].numpy(), rtol=1e-6)
     assert 'no weight net' in [x.get_text() for x in panels(fig)['weights'].texts]
-    fig = show_decoupling(s[0], t[0], tg[0] * .4, joint=1, thr=.5, dpi=50)       # no pixel above thr: empty area
-    d = fig.decoupling['terms']                    # all pixels are outside: NAD is the whole KL
+    fig = show_decoupling(DecouplingSource.from_heatmaps(s[0], t[0], tg[0] * .4), joint=1, thr=.5, dpi=50)   # no pixel above thr
+    d = fig.decoupling.terms                    # all pixels are outside: NAD is the whole KL
     assert d['BiKD'] == d['KAD'] == 0 and d['NAD'] == pytest.approx(float(pose_kl(s, t)[0, 1]), rel=1e-5)
     assert 'empty keypoint area' in [x.get_text() for x in panels(fig)['KAD teacher'].texts]
     tw[0, 1] = 0
-    fig = show_decoupling(s[0], t[0], tg[0], joint=1, target_weight=tw, dpi=50)
-    assert 'not labelled' in fig._suptitle.get_text() and fig.decoupling['terms']['KAD'] == 0
-    with pytest.raises(IndexError, match='out of range'): show_decoupling(s[0], t[0], tg[0], joint=3)
-    with pytest.raises(ValueError, match='view must be'): show_decoupling(s[0], t[0], tg[0], view='both')
-    with pytest.raises(ValueError, match='one sample'): show_decoupling(torch.cat([s, s]), t, tg)
-    with pytest.raises(TypeError, match='three heatmap'): show_decoupling(s[0], t[0])
+    fig = show_decoupling(DecouplingSource.from_heatmaps(s[0], t[0], tg[0], target_weight=tw), joint=1, dpi=50)
+    assert 'not labelled' in fig._suptitle.get_text() and fig.decoupling.terms['KAD'] == 0
+    with pytest.raises(IndexError, match='out of range'): show_decoupling(src, joint=3)
+    with pytest.raises(IndexError, match='out of range'): show_decoupling(src, sample=1)
+    with pytest.raises(ValueError, match='view must be'): show_decoupling(src, view='both')
+    with pytest.raises(ValueError, match='one sample'): compute_decoupling(torch.cat([s, s]), t, tg)
+    with pytest.raises(ValueError, match='differ'): DecouplingSource.from_heatmaps(torch.cat([s, s]), t, tg)
+    with pytest.raises(TypeError, match='DecouplingSource'): show_decoupling(s[0], t[0], tg[0])
+    with pytest.raises(TypeError, match='DecouplingSource'): HeatmapInspector(s[0])
 
 def test_show_decoupling_from_learner_and_from_file(dls):
     student, teacher, _ = models()
     learn = distill_learner(dls, student, teacher, kd='adpd', T=2., thr=.4)
-    perturbed(learn.distiller.kd_loss.weight_net)
+    perturbed(learn.distill.kd_loss.weight_net)
     ds = dls.valid.dataset
-    fig = show_decoupling(learn, 1, joint=5, dpi=50)
+    src = DecouplingSource.from_learner(learn)
+    assert (src.T, src.thr, src.spec) == (2., .4, ds.spec) and len(src) == len(ds)
+    fig = show_decoupling(src, 1, joint=5, dpi=50)
     d = fig.decoupling
-    assert (d['T'], d['thr']) == (2., .4)
-    ref, s, t, tg = reference(ds, 1, student, teacher, 5, 2., .4, learn.distiller.kd_loss)   # the weights the loss applies
-    assert d['terms'] == pytest.approx({n: ref[n] for n in TERMS}, rel=1e-5, abs=1e-9)
-    assert d['weights'] == pytest.approx({n: ref[f'w_{n}'] for n in TERMS}, rel=1e-5)
+    assert (d.T, d.thr, d.name) == (2., .4, COCO17.names[5])
+    ref, s, t, tg = reference(ds, 1, student, teacher, 5, 2., .4, learn.distill.kd_loss)   # the weights the loss applies
+    assert d.terms == pytest.approx({n: ref[n] for n in TERMS}, rel=1e-5, abs=1e-9)
+    assert d.weights == pytest.approx({n: ref[f'w_{n}'] for n in TERMS}, rel=1e-5)
     np.testing.assert_allclose(image_data(panels(fig)['student']), s[0, 5].numpy(), rtol=1e-5, atol=1e-6)
     assert panels(fig)['image'].images[0].get_array().shape == (64, 48, 3)          # the crop under the heatmap
-    item = _plain_item(ds, 1)                                                       # an item gives the same figure
-    assert show_decoupling(learn, item, joint=5, dpi=50).decoupling['terms'] == d['terms']
-    with pytest.raises(ValueError, match='no teacher'): show_decoupling(pose_learner(dls, TinyPoseNet()), 0)
+    item = _plain_item(ds, 1)                                                       # an item (a list of items is a dataset) gives the same
+    d1 = show_decoupling(DecouplingSource.from_learner(learn, ds=[item]), joint=5, dpi=50).decoupling
+    assert d1.terms == d.terms and d1.name == COCO17.names[5]
+    assert show_decoupling(src, 1, joint=5, T=3.).decoupling.T == 3.               # the source's settings unless given
+    with pytest.raises(ValueError, match='no teacher'): DecouplingSource.from_learner(pose_learner(dls, TinyPoseNet()))
     # an image file and two models: the area is where the teacher peaks
-    fig = show_decoupling(ds.db.file[0], student, teacher, joint=3, image_size=(48, 64), dpi=50)
+    fig = show_decoupling(DecouplingSource.from_image(ds.db.file[0], student, teacher, image_size=(48, 64)), joint=3, dpi=50)
     d = fig.decoupling
-    assert d['student'].shape == (16, 12) and d['tw'] == 1.
-    peak = np.unravel_index(d['teacher'].argmax(), d['teacher'].shape)
-    assert d['area'][peak] and d['target'][peak] == 1.
+    assert d.student.shape == (16, 12) and d.tw == 1.
+    peak = np.unravel_index(d.teacher.argmax(), d.teacher.shape)
+    assert d.area[peak] and d.target[peak] == 1.
+
+def test_compute_then_draw():
+    "Computing and drawing are apart: a record drawn alone gives the figure show_decoupling gives."
+    s, t, tg, tw = made_up()
+    d = compute_decoupling(s[0], t[0], tg[0], joint=2, T=2., thr=.3, target_weight=tw)
+    assert isinstance(d, Decoupling) and d.weights is None and d.img is None
+    ref = decoupled_kd(s, t, tg, tw, T=2., thr=.3)
+    assert d.terms == pytest.approx({n: float(ref[n][0, 2]) for n in TERMS}, rel=1e-6)
+    a = draw_decoupling(d, dpi=50)
+    b = show_decoupling(DecouplingSource.from_heatmaps(s, t, tg, target_weight=tw, T=2., thr=.3), joint=2, dpi=50)
+    for n in ('student', 'NAD teacher'): np.testing.assert_array_equal(image_data(panels(a)[n]), image_data(panels(b)[n]))
+    assert a._suptitle.get_text() == b._suptitle.get_text()
+    fig = plt.figure()
+    assert draw_decoupling(d, fig) is fig and len(fig.axes) == len(DECOUPLING_PANELS)      # into a given figure
+    # N samples at once, with crops: sample i is row i
+    img = torch.randint(0, 255, (2, 3, 128, 96), dtype=torch.uint8)
+    src = DecouplingSource.from_heatmaps(torch.cat([s, s.flip(-1)]), torch.cat([t, t]), torch.cat([tg, tg]), img=img)
+    np.testing.assert_array_equal(src.decoupling(1, 0).student, s.flip(-1)[0, 0].numpy())
+    assert panels(show_decoupling(src, 1, dpi=50))['image'].images[0].get_array().shape == (128, 96, 3)
+
+def test_weights_shown_fixed_or_adaptive():
+    "DKD's fixed weights and a weight net's adaptive ones are two arguments, never both."
+    s, t, tg, _ = made_up()
+    d = compute_decoupling(s, t, tg, fixed_weights=(1., .5, 2.))
+    assert d.weights == dict(BiKD=1., KAD=.5, NAD=2.) and not d.adaptive
+    assert panels(draw_decoupling(d, dpi=50))['weights'].get_title() == 'fixed weights (DKD)'
+    with pytest.raises(ValueError, match='not both'): compute_decoupling(s, t, tg, weight_net=WeightNet(3), fixed_weights=(1, 1, 1))
+    with pytest.raises(ValueError, match='not both'): DecouplingSource.from_heatmaps(s, t, tg, weight_net=WeightNet(3), fixed_weights=(1, 1, 1))
+    with pytest.raises(ValueError, match='three numbers'): compute_decoupling(s, t, tg, fixed_weights=(1., 2.))
+
+def test_settings_are_asked_of_the_distill_callback(dls):
+    "T, thr and the weights come from the learner's DistillCallback (`learn.distill.cfg`): DKD's fixed weights, a cohort's member."
+    learn = distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='dkd', T=3., thr=.6, dkd_weights=(1., .5, 2.))
+    p = distill_settings(learn)
+    assert (p['T'], p['thr'], p['fixed_weights'], p['weight_net']) == (3., .6, (1., .5, 2.), None)
+    assert p['student'] is learn.model and p['teacher'] is learn.distill.teacher
+    d = show_decoupling(DecouplingSource.from_learner(learn), joint=2, dpi=50).decoupling
+    assert d.weights == dict(BiKD=1., KAD=.5, NAD=2.) and not d.adaptive and (d.T, d.thr) == (3., .6)
+    fpd = distill_settings(distill_learner(dls, TinyPoseNet(), TinyPoseNet(), kd='fpd'))     # FPD weighs no terms
+    assert fpd['weight_net'] is None and fpd['fixed_weights'] is None and (fpd['T'], fpd['thr']) == (1., .5)
+    from adpd.learner import distill_cohort
+    a, b = TinyPoseNet(), TinyPoseNet()
+    cohort = distill_cohort(dls, TinyPoseNet(), {'a': (a, 'adpd'), 'b': (b, dict(kd='dkd', T=2.))})
+    with pytest.raises(ValueError, match='member= one of a, b'): distill_settings(cohort)
+    with pytest.raises(ValueError, match='not a cohort'): distill_settings(learn, member='a')
+    pa, pb = distill_settings(cohort, 'a'), distill_settings(cohort, 'b')
+    assert pa['student'] is a and pa['weight_net'] is not None and pb['student'] is b and pb['T'] == 2.
+    assert show_decoupling(DecouplingSource.from_learner(cohort, member='b'), dpi=50).decoupling.T == 2.
+
+def test_data_layer_draws_only_through_viz():
+    "adpd.data imports no viz: PoseDL's drawing is attached when adpd.viz is imported, and says so before."
+    import subprocess, sys
+    code = ("import adpd.data, sys\n"
+            "assert 'adpd.viz' not in sys.modules\n"
+            "try: adpd.data.PoseDL([]).show_batch(b=(1, 2, 3))\n"
+            "except NotImplementedError as e: assert 'import adpd.viz' in str(e), e\n"
+            "else: raise AssertionError('show_batch drew without adpd.viz')\n"
+            "import adpd.viz\n"
+            "assert adpd.data.PoseDL.show_batch is not None and adpd.data.PoseDL.show_batch.__module__ == 'adpd.viz'\n"
+            "assert adpd.data.PoseDL.show_results.__module__ == 'adpd.viz'\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 # --- the inspector ------------------------------------------------------------------------------
 
@@ -244,7 +311,7 @@ def test_inspector_widgets_change_drawing_and_values(dls):
     student, teacher, wn = models()
     perturbed(wn)
     ds = dls.valid.dataset
-    insp = HeatmapInspector(ds, student, teacher, weight_net=wn, joint=9)
+    insp = HeatmapInspector(DecouplingSource.from_models(ds, student, teacher, weight_net=wn), joint=9)
     assert (student.calls, teacher.calls) == (1, 1)
     check(insp, ds, student, teacher, wn)
     w = insp.widgets
@@ -266,13 +333,14 @@ def test_inspector_widgets_change_drawing_and_values(dls):
 def test_inspector_from_learner_no_rerun_on_T_thr(dls):
     student, teacher, _ = models(1)
     learn = distill_learner(dls, student, teacher, kd='adpd', T=2., thr=.5)
-    insp = HeatmapInspector(learn=learn, sample=3, joint=11)
-    assert insp.ds is dls.valid.dataset and insp.values['T'] == 2. and 'w_KAD' in insp.values
+    insp = HeatmapInspector(DecouplingSource.from_learner(learn), sample=3, joint=11)
+    assert len(insp.src) == len(dls.valid.dataset) and insp.values['T'] == 2. and 'w_KAD' in insp.values
+    assert insp.values['joint_name'] == COCO17.names[11] and insp.setting == dict(sample=3, joint=11, T=2., thr=.5, view='teacher')
     n = student.calls, teacher.calls
     for T in (1., 4.):
         for thr in (.2, .7):
             insp.widgets['T'].value, insp.widgets['thr'].value = T, thr
-            check(insp, dls.valid.dataset, student, teacher, learn.distiller.kd_loss)
+            check(insp, dls.valid.dataset, student, teacher, learn.distill.kd_loss)
     insp.widgets['view'].value = 'student'
     assert (student.calls, teacher.calls) == n
     assert student.m.training, 'the inspector left the student in eval mode'
@@ -281,7 +349,8 @@ def test_inspector_from_learner_no_rerun_on_T_thr(dls):
 
 def test_inspector_errors(dls):
     student, teacher, _ = models()
-    with pytest.raises(ValueError, match='no teacher'): HeatmapInspector(learn=pose_learner(dls, TinyPoseNet()))
-    with pytest.raises(ValueError, match='give a dataset'): HeatmapInspector(dls.valid.dataset, student)
+    with pytest.raises(ValueError, match='no teacher'): HeatmapInspector(DecouplingSource.from_learner(pose_learner(dls, TinyPoseNet())))
+    with pytest.raises(ValueError, match='give a student and a teacher'): DecouplingSource.from_models(dls.valid.dataset, student, None)
     with pytest.raises(ValueError, match='heatmap_size'):
-        HeatmapInspector(dls.valid.dataset, torch.nn.Sequential(TinyPoseNet(), torch.nn.MaxPool2d(2)), teacher)
+        HeatmapInspector(DecouplingSource.from_models(dls.valid.dataset, torch.nn.Sequential(TinyPoseNet(), torch.nn.MaxPool2d(2)), teacher))
+    with pytest.raises(ValueError, match='no samples'): DecouplingSource.from_models([], student, teacher)
