@@ -10,9 +10,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['TERMS', 'RANGES', 'KD_KINDS', 'JointsMSELoss', 'pose_kl', 'check_range', 'decoupled_kd', 'decoupled_distributions',
-           'joint_mean', 'WeightNet', 'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss', 'DKDLoss', 'KDConfig',
-           'make_kd_loss']
+__all__ = ['TERMS', 'RANGES', 'KD_KINDS', 'KDConfig', 'JointsMSELoss', 'pose_kl', 'check_range', 'decoupled_kd',
+           'decoupled_distributions', 'joint_mean', 'WeightNet', 'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss',
+           'DKDLoss', 'make_kd_loss']
+
+# %% ../nbs/04_losses.ipynb #47367db1
+@dataclasses.dataclass(frozen=True)
+class KDConfig:
+    "How a student learns from its teacher: the settings of every KD loss (each takes what it uses), declared once."
+    alpha: float = .5                   # weight of the KD term: (1 - alpha)·MSE + alpha·KD
+    T: float = 1.                       # softmax temperature of the heatmaps
+    thr: float = .5                     # keypoint-area threshold on the target heatmap
+    weight_lr: float|None = None        # peak lr of a learnable KD loss (ADPD's weight net); None: the student's
+    detach: bool = True                 # ADPD: the weight net sees detached heatmaps
+    bound: bool = True                  # ADPD: weights of mean 1 per sample (see below)
+    faithful: bool = False              # ADPD as published (overrides detach and bound)
+    dkd_weights: tuple = (1., 1., 1.)   # DKD's fixed BiKD, KAD, NAD weights
+
+    @classmethod
+    def of(cls, o=None, **kw) -> KDConfig:
+        "The KD settings of `o` (any object with these attributes: a run config, parsed flags; None: the defaults), updated by `kw`."
+        names = [f.name for f in dataclasses.fields(cls)]
+        bad = set(kw) - set(names)
+        if bad: raise TypeError(f"KDConfig: unknown settings {sorted(bad)}; known: {', '.join(names)}")
+        base = {} if o is None else {n: getattr(o, n) for n in names if hasattr(o, n)}
+        return cls(**{**base, **kw})
+
 
 # %% ../nbs/04_losses.ipynb #a6862b11
 def _tw(target_weight, B, K, fn):
@@ -55,7 +78,7 @@ def _float(x):
     "Half-precision tensors in float32, others unchanged: the KD terms are small differences of logs."
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
-def pose_kl(student, teacher, target_weight=None, T=1.):
+def pose_kl(student, teacher, target_weight=None, T=KDConfig.T):
     "`T² KL(softmax(teacher/T) || softmax(student/T))` over the pixels of each heatmap, `(B, K)`; 0 where `target_weight` is 0."
     tw = _check(student, teacher, None, target_weight, 'pose_kl')
     with torch.autocast(student.device.type, enabled=False):
@@ -209,7 +232,7 @@ def check_range(fn, **values):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)):
             raise ValueError(f"{fn}: {k} must be a finite number {what}, got {v!r}")
 
-def decoupled_kd(student, teacher, target, target_weight=None, T=1., thr=.5):
+def decoupled_kd(student, teacher, target, target_weight=None, T=KDConfig.T, thr=KDConfig.thr):
     "Decoupled KD terms between `student` and `teacher` heatmaps `(B, K, H, W)`: `dict(BiKD=, KAD=, NAD=)`, each `(B, K)` and times `T²`."
     tw = _check(student, teacher, target, target_weight, 'decoupled_kd')
     check_range('adpd.losses.decoupled_kd', T=T, thr=thr)
@@ -223,7 +246,7 @@ def decoupled_kd(student, teacher, target, target_weight=None, T=1., thr=.5):
     return dict(zip(TERMS, r.unbind(-1)))
 
 # %% ../nbs/04_losses.ipynb #ec2a7b6d
-def decoupled_distributions(student, teacher, target, T=1., thr=.5):
+def decoupled_distributions(student, teacher, target, T=KDConfig.T, thr=KDConfig.thr):
     "What the decoupled terms are made of, per joint: softmaxes, area, masses `(B, K, 2)` and renormalised distributions `(B, K, H, W)`."
     _check(student, teacher, target, None, 'decoupled_distributions')
     B, K, H, W = student.shape
@@ -340,7 +363,7 @@ class DistillLoss(nn.Module):
     multi-output student. With `track_grads`, the backward pass sets `last['kd_grad']`, `alpha·|∂kd/∂s| / ((1 - alpha)·|∂pose/∂s|)` on
     the heatmaps `s` of the (last) output."""
     names = ('pose', 'kd', 'kd_grad')
-    def __init__(self, alpha=.5, use_target_weight=True, track_grads=True):
+    def __init__(self, alpha=KDConfig.alpha, use_target_weight=True, track_grads=True):
         super().__init__()
         check_range(f'adpd.losses.{type(self).__name__}', alpha=alpha)
         self.alpha, self.pose_loss, self.last, self.track_grads = alpha, JointsMSELoss(use_target_weight), {}, track_grads
@@ -388,7 +411,7 @@ class FPDLoss(DistillLoss):
 class KLPoseLoss(DistillLoss):
     "The classic KD: `T² KL(softmax(teacher/T) || softmax(student/T))` per joint, averaged over labelled joints and samples."
     names = ('pose', 'kd', 'kd_grad', 'KL')
-    def __init__(self, T=1., alpha=.5, use_target_weight=True):
+    def __init__(self, T=KDConfig.T, alpha=KDConfig.alpha, use_target_weight=True):
         super().__init__(alpha, use_target_weight)
         check_range('adpd.losses.KLPoseLoss', T=T)
         self.T = T
@@ -402,7 +425,7 @@ class ADPDLoss(DistillLoss):
     `bound` (default): the weights are normalised to mean 1 per sample (only their ratios adapt) and learn from the terms
     relative to their mean, while the student sees the weights as constants; `faithful=True`: unbounded, as published."""
     names = ('pose', 'kd', 'kd_grad', *TERMS, *(f'w_{n}' for n in TERMS))
-    def __init__(self, num_joints:int, T=1., thr=.5, alpha=.5, faithful=False, detach=None, bound=None, hidden:int=None,
+    def __init__(self, num_joints:int, T=KDConfig.T, thr=KDConfig.thr, alpha=KDConfig.alpha, faithful=KDConfig.faithful, detach=None, bound=None, hidden:int=None,
                  use_target_weight=True, pool='auto'):
         super().__init__(alpha, use_target_weight)
         check_range('adpd.losses.ADPDLoss', T=T, thr=thr)
@@ -434,7 +457,7 @@ class ADPDLoss(DistillLoss):
 class DKDLoss(DistillLoss):
     "Decoupled KD with fixed `weights` for BiKD, KAD, NAD: `sum_term weight·mean_b(mean_k L)`, ADPD without the weight net."
     names = ('pose', 'kd', 'kd_grad', *TERMS)
-    def __init__(self, T=1., thr=.5, alpha=.5, weights=(1., 1., 1.), use_target_weight=True):
+    def __init__(self, T=KDConfig.T, thr=KDConfig.thr, alpha=KDConfig.alpha, weights=KDConfig.dkd_weights, use_target_weight=True):
         super().__init__(alpha, use_target_weight)
         check_range('adpd.losses.DKDLoss', T=T, thr=thr)
         ws = tuple(weights) if isinstance(weights, (list, tuple)) else ()
@@ -447,28 +470,7 @@ class DKDLoss(DistillLoss):
         Lm = _sample_mean(joint_mean(torch.stack([terms[n] for n in TERMS], -1), tw), (tw > 0).any(-1))   # (3,)
         return (Lm * Lm.new_tensor(self.weights)).sum(), dict(zip(TERMS, Lm))
 
-# %% ../nbs/04_losses.ipynb #ce2ab78e
-@dataclasses.dataclass(frozen=True)
-class KDConfig:
-    "How a student learns from its teacher: the settings of every KD loss (each takes what it uses), declared once."
-    alpha: float = .5                   # weight of the KD term: (1 - alpha)·MSE + alpha·KD
-    T: float = 1.                       # softmax temperature of the heatmaps
-    thr: float = .5                     # keypoint-area threshold on the target heatmap
-    weight_lr: float|None = None        # peak lr of a learnable KD loss (ADPD's weight net); None: the student's
-    detach: bool = True                 # ADPD: the weight net sees detached heatmaps
-    bound: bool = True                  # ADPD: weights of mean 1 per sample (see below)
-    faithful: bool = False              # ADPD as published (overrides detach and bound)
-    dkd_weights: tuple = (1., 1., 1.)   # DKD's fixed BiKD, KAD, NAD weights
-
-    @classmethod
-    def of(cls, o=None, **kw) -> KDConfig:
-        "The KD settings of `o` (any object with these attributes: a run config, parsed flags; None: the defaults), updated by `kw`."
-        names = [f.name for f in dataclasses.fields(cls)]
-        bad = set(kw) - set(names)
-        if bad: raise TypeError(f"KDConfig: unknown settings {sorted(bad)}; known: {', '.join(names)}")
-        base = {} if o is None else {n: getattr(o, n) for n in names if hasattr(o, n)}
-        return cls(**{**base, **kw})
-
+# %% ../nbs/04_losses.ipynb #cb05f370
 KD_KINDS = ('none', 'fpd', 'kl', 'dkd', 'adpd')
 
 def make_kd_loss(kd, K:int, cfg:KDConfig|None=None, **settings) -> DistillLoss|None:

@@ -170,7 +170,7 @@ def config_from_args(a):
         if a.train_teacher or a.train_student:
             what = '/'.join(f'--train-{r}' for r in ('teacher', 'student') if getattr(a, f'train_{r}'))
             bad = set(flags) - _SHIP_FLAGS | ({'quick'} if a.quick else set())
-            if bad: raise TrainError(f"demo {what}: {_flags(bad)} do not apply: it trains without KD, for --teacher-epochs "
+            if bad: raise TrainError(f"demo {what}: {_flags(bad)} {'does' if len(bad) == 1 else 'do'} not apply: it trains without KD, for --teacher-epochs "
                                      f"epochs; it takes {_flags(_SHIP_FLAGS | {'teacher_epochs'})}")
             cfg = tuple(ship_config(r, a.teacher_epochs, **{k: flags[k] for k in _SHIP_FLAGS & set(flags)})
                         for r in ('teacher', 'student') if getattr(a, f'train_{r}'))

@@ -22,7 +22,7 @@ from .core import *
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, box_to_center_scale, get_affine, encode_heatmaps,
                              decode_heatmaps, to_input)
 from .data import TopDownDataset, PoseDL, read_image
-from .losses import TERMS, ADPDLoss, DKDLoss, decoupled_kd, decoupled_distributions, joint_mean
+from .losses import TERMS, ADPDLoss, DKDLoss, KDConfig, decoupled_kd, decoupled_distributions, joint_mean
 
 # %% auto #0
 __all__ = ['DECOUPLING_PANELS', 'VIEWS', 'show_pose', 'show_heatmaps', 'denormalize', 'show_pose_batch', 'show_pose_results',
@@ -200,7 +200,7 @@ def _adaptive_weights(weight_net, s, t, terms):
     with eval_mode(weight_net), torch.no_grad(): w = weight_net(s.to(dev), t.to(dev), {n: v.to(dev) for n, v in terms.items()})
     return w[0].float().cpu()
 
-def compute_decoupling(student, teacher, target, joint:int=0, T=1., thr=.5, target_weight=None, weight_net:nn.Module=None,
+def compute_decoupling(student, teacher, target, joint:int=0, T=KDConfig.T, thr=KDConfig.thr, target_weight=None, weight_net:nn.Module=None,
                        fixed_weights=None, img=None, spec:KeypointSpec=None) -> Decoupling:
     """The `Decoupling` of heatmaps `(K, H, W)` of one sample at `joint`: the terms come from `decoupled_kd` itself. The weights
     come from `weight_net` (a module `(s, t, terms) → (B, 3)`, e.g. a `WeightNet`) or are DKD's three `fixed_weights`."""
@@ -397,7 +397,7 @@ class DecouplingSource:
     weights `(1, K)` and the crop of sample `i` (computed once, cached); the source also holds the KD settings that go with them
     (`T`, `thr`, and `weight_net` or DKD's `fixed_weights`) and the keypoint `spec`. Build it with a named constructor
     (or give `load(i)` → that dict, and the number of samples `n`)."""
-    def __init__(self, load, n:int, spec:KeypointSpec=None, T=1., thr=.5, weight_net:nn.Module=None, fixed_weights=None,
+    def __init__(self, load, n:int, spec:KeypointSpec=None, T=KDConfig.T, thr=KDConfig.thr, weight_net:nn.Module=None, fixed_weights=None,
                  max_cache:int=64):
         if n < 1: raise ValueError("adpd.viz.DecouplingSource: no samples")
         if weight_net is not None and fixed_weights is not None:

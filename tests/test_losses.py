@@ -533,3 +533,24 @@ def test_adpd_takes_a_half_precision_student_with_a_float_teacher(detach):
     got.backward()
     assert float(got) == pytest.approx(float(ref), rel=.05) and sb.grad.dtype == torch.bfloat16 and sb.grad.isfinite().all()
     assert loss.last['kd_grad'].isfinite() and all(p.grad is None or p.grad.isfinite().all() for p in loss.weight_params())
+
+def test_kd_defaults_declared_once():
+    "No function of the package declares its own default for a KD setting: every default of alpha, T, thr is `KDConfig`'s."
+    import ast
+    from pathlib import Path
+    import adpd
+    OTHER = {'pck_counts', 'PCK.__init__', 'pckh', 'mpii_evaluate',   # other quantities of the same name: PCK(h) thresholds,
+             'oks_nms', 'draw_poses', 'show_heatmaps', '_overlay'}     # the OKS-NMS threshold, drawing thresholds and opacities
+    bad = []
+    for f in sorted(Path(adpd.__file__).parent.rglob('*.py')):
+        tree = ast.parse(f.read_text())
+        for cls in [None, *[n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]]:
+            body = tree.body if cls is None else cls.body
+            for fn in [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+                name = fn.name if cls is None else f'{cls.name}.{fn.name}'
+                a = fn.args
+                pos = list(zip(a.args[len(a.args) - len(a.defaults):], a.defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+                bad += [f"{f.name}: {name}({p.arg}={ast.unparse(d)})" for p, d in pos
+                        if d is not None and p.arg in ('alpha', 'T', 'thr', 'dkd_weights') and name not in OTHER
+                        and isinstance(d, (ast.Constant, ast.Tuple)) and not (isinstance(d, ast.Constant) and d.value is None)]
+    assert not bad, bad

@@ -70,8 +70,8 @@ def test_demo_flags(capsys):
         assert e.value.code == 2 and msg in capsys.readouterr().err
 
 @pytest.mark.parametrize('args, msg', [
-    (['--train-teacher', '--T', '2'], '--T do not apply'), (['--train-student', '--epochs', '3'], '--epochs do not apply'),
-    (['--train-teacher', '--kd', 'adpd', '--seeds', '1'], '--kd, --seeds do not apply'), (['--train-teacher', '--quick'], '--quick do not apply'),
+    (['--train-teacher', '--T', '2'], '--T does not apply'), (['--train-student', '--epochs', '3'], '--epochs does not apply'),
+    (['--train-teacher', '--kd', 'adpd', '--seeds', '1'], '--kd, --seeds do not apply'), (['--train-teacher', '--quick'], '--quick does not apply'),
     (['--train-teacher', '--no-bound', '--faithful'], '--bound, --faithful do not apply'), (['--seed', '3'], '--seed does not apply'),
     (['--teacher-epochs', '3'], '--teacher-epochs applies only with --train-teacher')])
 def test_demo_refuses_flags_it_would_not_use(args, msg, tmp_path, capsys):
