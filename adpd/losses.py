@@ -14,7 +14,7 @@ __all__ = ['TERMS', 'RANGES', 'KD_KINDS', 'KDConfig', 'JointsMSELoss', 'pose_kl'
            'decoupled_distributions', 'joint_mean', 'WeightNet', 'DistillLoss', 'FPDLoss', 'KLPoseLoss', 'ADPDLoss',
            'DKDLoss', 'make_kd_loss']
 
-# %% ../nbs/04_losses.ipynb #47367db1
+# %% ../nbs/04_losses.ipynb #cc128727
 @dataclasses.dataclass(frozen=True)
 class KDConfig:
     "How a student learns from its teacher: the settings of every KD loss (each takes what it uses), declared once."
