@@ -42,10 +42,13 @@ def finished(synth, tmp_path_factory):
     return out
 
 def quiet(f, *a, **k):
-    "`f(*a, **k)` without the counted-skip warnings (`SkipWarning`) the fixtures expect; any other warning still shows."
+    """`f(*a, **k)` without the warnings the tests expect: the counted skips of a dataset (`SkipWarning`) and torch's deprecation
+    notices for its own exporters and tracer; any other warning still shows."""
     from adpd.data import SkipWarning
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', SkipWarning)
+        for cat in (FutureWarning, DeprecationWarning, UserWarning): warnings.filterwarnings('ignore', category=cat, module=r'torch\.')
+        warnings.filterwarnings('ignore', message='Converting a tensor to a Python boolean')      # the tracer's TracerWarning
         return f(*a, **k)
 
 def warned(f, *a, **k):

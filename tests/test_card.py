@@ -8,6 +8,7 @@ from adpd.models import (CARD_FILE, CARD_VERSION, CardError, InputError, ModelCa
 from adpd.export import export_student, main as export_main
 from adpd.predict import main as predict_main
 from adpd.train import main as train_main
+from conftest import quiet
 
 FIELDS = ('arch', 'image_size', 'heatmap_size', 'color', 'mean', 'std', 'data', 'command', 'version', 'metrics')
 
@@ -15,11 +16,6 @@ def same_card(a:ModelCard, b:ModelCard):
     assert {f: getattr(a, f) for f in FIELDS} == {f: getattr(b, f) for f in FIELDS}
     assert (a.spec.name, a.spec.names, a.spec.flip_pairs, a.spec.skeleton) == (b.spec.name, b.spec.names, b.spec.flip_pairs, b.spec.skeleton)
     assert a.spec.sigmas.tolist() == b.spec.sigmas.tolist()
-
-def quiet(f, *a, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return f(*a, **kw)
 
 @pytest.fixture(scope='module')
 def coco_run(tmp_path_factory):

@@ -8,6 +8,7 @@ from adpd.export import ExportedModel, FORMATS, export_student, main, parity
 from adpd.models import create_pose_model
 from adpd.predict import load_student, predict
 from adpd.transforms import to_input
+from conftest import quiet
 
 ANN = 'person_keypoints_tiny.json'
 SIZE = (96, 128)
@@ -19,11 +20,6 @@ def need(fmt):
         pytest.importorskip('onnxruntime', reason="reading .onnx needs onnxruntime: pip install -e '.[deploy]'")
 
 def rel(a, b): return float((a - b).abs().max() / b.abs().max())
-
-def quiet(f, *a, **k):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return f(*a, **k)
 
 @pytest.fixture(scope='module')
 def models():

@@ -8,14 +8,10 @@ from adpd.evaluate import predict_keypoints, rescore
 from adpd.models import create_pose_model
 from adpd.predict import (InputError, ImageBoxes, Student, as_bgr, load_student, main, model_joints, predict, read_boxes,
                           spec_for, coco_image_id)
+from conftest import quiet
 
 ANN, DET = 'person_keypoints_tiny.json', 'person_detection_results_tiny.json'
 SIZE = (48, 64)
-
-def quiet(f, *a, **k):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return f(*a, **k)
 
 def val_ds(root, **kw): return quiet(CocoKeypoints, root / ANN, root / 'images', train=False, image_size=SIZE, heatmap_size=(12, 16), **kw)
 
