@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 import torch.distributed as dist
 from fastcore.basics import store_attr
-from fastai.learner import Learner, Metric, ValueMetric
-import fastai.callback.all, fastai.distributed   # fastai's own Learner methods: lr_find, fit_one_cycle, to_fp16/to_bf16, distrib_ctx
-from fastai.callback.core import Callback
-from fastai.callback.training import GradientAccumulation
-from fastai.torch_core import params, to_float, rank_distrib, num_distrib
-from .core import last_heatmaps, heatmap_argmax, unwrap
+from .core import last_heatmaps, heatmap_argmax, quiet_import, unwrap
+with quiet_import():                  # fastai's modules call torch.jit.script at import, which torch deprecates
+    from fastai.learner import Learner, Metric, ValueMetric
+    import fastai.callback.all, fastai.distributed   # fastai's own Learner methods: lr_find, fit_one_cycle, to_fp16/to_bf16, distrib_ctx
+    from fastai.callback.core import Callback
+    from fastai.callback.training import GradientAccumulation
+    from fastai.torch_core import params, to_float, rank_distrib, num_distrib
 from .losses import JointsMSELoss, KDConfig, make_kd_loss
 
 # %% auto #0

@@ -10,16 +10,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fastcore.foundation import L
-from fastai.learner import Learner, CancelFitException
-from fastai.callback.core import Callback
-from fastai.callback.progress import CSVLogger
-from fastai.callback.tracker import TrackerCallback
-from fastai.callback.schedule import ParamScheduler, combined_cos
-from fastai.optimizer import Adam
-from fastai.torch_core import set_seed, rank_distrib, num_distrib
 from fastcore.basics import store_attr
-from fastai.distributed import DistributedDL
-from .core import UserError, atomic_write, atomic_write_text, unwrap, n_params
+from .core import quiet_import, UserError, atomic_write, atomic_write_text, unwrap, n_params
+with quiet_import():                  # fastai's modules call torch.jit.script at import, which torch deprecates
+    from fastai.learner import Learner, CancelFitException
+    from fastai.callback.core import Callback
+    from fastai.callback.progress import CSVLogger
+    from fastai.callback.tracker import TrackerCallback
+    from fastai.callback.schedule import ParamScheduler, combined_cos
+    from fastai.optimizer import Adam
+    from fastai.torch_core import set_seed, rank_distrib, num_distrib
+    from fastai.distributed import DistributedDL
 from .losses import KDConfig
 from .learner import distill_learner, distill_cohort, with_eval, DistillCallback
 from .models import read_checkpoint, CheckpointError, ModelCard, write_card, read_card, CARD_FILE

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #585fe7d0
 from __future__ import annotations
-import argparse, dataclasses, math, os, re, shlex, sys, warnings
+import argparse, dataclasses, math, os, re, shlex, sys
 from pathlib import Path
 from fastcore.imports import in_ipython
 
@@ -222,10 +222,9 @@ def _train(a, argv) -> int:
 def main(argv=None) -> int:
     "`adpd_train` (also `python -m adpd.train`): parse `argv`, run the command; 0 on success, 2 on a user error (`adpd.core.UserError`)."
     if 'torch' not in sys.modules: os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # read once, when torch loads
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)  # fastai's import
+    from adpd.core import cli_main, quiet_import   # here, not at the top: torch loads after OMP_WAIT_POLICY is set
+    with quiet_import():
         import torch.distributed as dist
-        from adpd.core import cli_main
         from adpd.run import num_distrib
         a = make_parser().parse_args(argv)
         try: return cli_main('adpd_train', _train, a, argv)
