@@ -118,7 +118,7 @@ def declared(key):
 
 def test_requirements_complete():
     "Module-level imports are requirements; imports inside a function (optional features) are requirements or extras."
-    req, extra = declared('requirements'), declared('deploy_requirements') | declared('dev_requirements')
+    req, extra = declared('requirements'), declared('deploy_requirements') | declared('dev_requirements') | declared('log_requirements')
     miss = [f"{f}:{line} imports {top} ({DIST.get(top, top)}), not in settings.ini's "
             + ('requirements' if not inner else 'requirements nor the extras')
             for top, (f, line, inner) in third_party().items()
