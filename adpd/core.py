@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #bace5f98
 from __future__ import annotations
-import contextlib, hashlib, numbers, os, re, sys, tempfile, warnings
+import argparse, contextlib, hashlib, numbers, os, re, sys, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'flip_pairs_from_names', 'KeypointSpec', 'spec_from_coco_category',
-           'quiet_import', 'shared_data', 'UserError', 'MissingFile', 'MissingExtra', 'require', 'cli_main',
-           'parse_size', 'size_str', 'last_heatmaps', 'eval_mode', 'unwrap', 'n_params', 'heatmap_argmax',
+__all__ = ['COCO17', 'MPII16', 'DEFAULT_SIGMA', 'MIN_SIDE', 'flip_pairs_from_names', 'KeypointSpec', 'spec_from_coco_category',
+           'quiet_import', 'shared_data', 'UserError', 'MissingFile', 'MissingExtra', 'require', 'CommandParser',
+           'cli_main', 'parse_size', 'size_str', 'last_heatmaps', 'eval_mode', 'unwrap', 'n_params', 'heatmap_argmax',
            'atomic_write', 'atomic_write_text', 'sha256']
 
 # %% ../nbs/00_core.ipynb #9aee9d29
@@ -175,6 +175,10 @@ def require(module:str, feature:str, extra:str='deploy'):
     try: return importlib.import_module(module)
     except ImportError: raise MissingExtra(f"{feature} needs {module}: pip install -e '.[{extra}]' (or pip install {module})") from None
 
+class CommandParser(argparse.ArgumentParser):
+    "argparse's parser whose flag errors are one line, `prog: error: message` (exit 2), like every other user error; `--help` keeps the usage."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")
+
 def cli_main(prog:str, fn, *args, **kwargs) -> int:
     "`fn(*args, **kwargs)` as the body of the command `prog`: its return value (0 if None); a `UserError` printed as one line, 2."
     try: return fn(*args, **kwargs) or 0
@@ -183,12 +187,17 @@ def cli_main(prog:str, fn, *args, **kwargs) -> int:
         return 2
 
 # %% ../nbs/00_core.ipynb #5c5e55be
+MIN_SIDE = 32   # the smallest input side: heatmaps of at least 8 x 8
+
 def parse_size(s) -> tuple:
-    "'256x192' (height x width, as the paper writes it) → `(w, h)` = (192, 256); `UserError` unless both are positive multiples of 4."
+    "'256x192' (height x width, as the paper writes it) → `(w, h)` = (192, 256); `UserError` unless both are multiples of 4, at least `MIN_SIDE`."
     m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
     if not m: raise UserError(f"size {s!r}: write it as HxW, e.g. 256x192")
     h, w = int(m.group(1)), int(m.group(2))
     if h <= 0 or w <= 0 or h % 4 or w % 4: raise UserError(f"size {s!r}: both sides must be positive multiples of 4 (heatmaps are 1/4 of the input)")
+    if min(h, w) < MIN_SIDE:
+        raise UserError(f"size {s!r}: both sides must be at least {MIN_SIDE} (heatmaps of at least {MIN_SIDE // 4}x{MIN_SIDE // 4}; "
+                        "smaller ones collapse every keypoint onto a few pixels)")
     return w, h
 
 def size_str(wh) -> str:

@@ -4,12 +4,12 @@
 
 # %% ../nbs/02_data.ipynb #43700ca4
 from __future__ import annotations
-import contextlib, copy, ctypes, json, os, threading, warnings
+import contextlib, copy, hashlib, io, json, os, warnings
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-import cv2, PIL.Image
+import cv2, PIL.Image, simplejpeg
 import numpy as np
 import torch
 from fastcore.basics import store_attr
@@ -23,9 +23,9 @@ from .core import *
 from .transforms import *
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'PoseRecords', 'private_fds', 'ImageError', 'read_image', 'image_file_problem', 'reduce_factor',
-           'TopDownDataset', 'SkipWarning', 'read_json', 'load_coco_json', 'CocoKeypoints', 'MPIIKeypoints',
-           'PoseTargets', 'PoseDL', 'pose_dls']
+__all__ = ['MAX_PIXELS', 'PoseRecords', 'ImageError', 'read_image', 'image_file_problem', 'reduce_factor', 'cache_dir',
+           'check_image_files', 'TopDownDataset', 'SkipWarning', 'read_json', 'read_coco_json', 'load_coco_json',
+           'CocoKeypoints', 'MPIIKeypoints', 'PoseTargets', 'PoseDL', 'pose_dls']
 
 # %% ../nbs/02_data.ipynb #c283159e
 @dataclass
@@ -53,62 +53,37 @@ class PoseRecords:
                    f('box', np.float64, (4,)))
 
 # %% ../nbs/02_data.ipynb #fe0a738e
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-MAX_PIXELS = int(os.environ.get('CV_IO_MAX_IMAGE_PIXELS', 1 << 30))   # OpenCV's decoder refuses larger images
-
-_FD2, _fds = threading.Lock(), threading.local()
-
-def private_fds() -> bool:
-    """Give the calling thread its own copy of the file descriptor table (Linux `unshare(CLONE_FILES)`), so redirecting
-    fd 2 there touches no other thread; False (and `_stderr_lines` takes a process-wide lock) where that is not possible."""
-    try: ok = ctypes.CDLL(None, use_errno=True).unshare(0x400) == 0
-    except (OSError, AttributeError): ok = False
-    _fds.private = ok
-    return ok
-
-@contextlib.contextmanager
-def _stderr_lines(out:list):
-    "Collect what C code writes to file descriptor 2 meanwhile (libjpeg's warnings) into `out`; the write end never blocks."
-    with contextlib.nullcontext() if getattr(_fds, 'private', False) else _FD2, _redirect_fd2(out): yield out
-
-@contextlib.contextmanager
-def _redirect_fd2(out:list):
-    r, w = os.pipe()
-    os.set_blocking(w, False); os.set_blocking(r, False)
-    saved = os.dup(2)
-    try:
-        os.dup2(w, 2)
-        try: yield out
-        finally: os.dup2(saved, 2)
-        try: out.extend(os.read(r, 1 << 16).decode(errors='replace').splitlines())
-        except BlockingIOError: pass
-    finally:
-        for fd in (r, w, saved): os.close(fd)
+MAX_PIXELS = int(os.environ.get('CV_IO_MAX_IMAGE_PIXELS', 1 << 30))   # OpenCV's decoder refuses larger images; we too
 
 class ImageError(UserError, ValueError):
     "An image file that cannot be used (empty, corrupt, undecodable, too large); the message names it (a `UserError`)."
+
+def _decode_jpeg(path, data:bytes, reduce:int=1):
+    "BGR pixels of JPEG bytes `data` at 1/`reduce` (inside the DCT), with libjpeg's warnings as errors naming `path`."
+    try:
+        h, w = simplejpeg.decode_jpeg_header(data)[:2]
+        if w * h > MAX_PIXELS: raise ImageError(f"{path}: the decoder refuses it ({w} x {h} pixels); images over "
+                                                f"{MAX_PIXELS} pixels need CV_IO_MAX_IMAGE_PIXELS raised")
+        return simplejpeg.decode_jpeg(data, 'BGR', fastdct=False, fastupsample=False, strict=True,
+                                      min_height=-(-h // reduce), min_width=-(-w // reduce))
+    except ValueError as e:
+        if isinstance(e, ImageError): raise
+        raise ImageError(f"{path}: corrupt or truncated image (libjpeg: {str(e).strip()[:160]})") from None
 
 def read_image(path, reduce:int=1):
     """BGR uint8 image `(h, w, 3)` decoded at 1/`reduce` resolution. Missing, empty, corrupt (libjpeg's "Corrupt JPEG
     data" warnings included) and over-size files raise an error naming the file."""
     path = Path(path)
     if not path.is_file(): raise MissingFile(f"{path}: image file not found")
-    buf = np.fromfile(path, np.uint8)          # reading the bytes ourselves is faster than `cv2.imread`
-    if buf.size == 0: raise ImageError(f"{path}: empty image file")
-    jpeg = buf[:2].tobytes() == b'\xff\xd8'
-    flags = (_REDUCED[reduce] if jpeg else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
-    msgs = []
-    try:
-        if jpeg:
-            with _stderr_lines(msgs): img = cv2.imdecode(buf, flags)
-        else: img = cv2.imdecode(buf, flags)
+    data = path.read_bytes()                   # reading the bytes ourselves is faster than `cv2.imread`
+    if not data: raise ImageError(f"{path}: empty image file")
+    if data[:2] == b'\xff\xd8': return _decode_jpeg(path, data, reduce)
+    try: img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as e:
         raise ImageError(f"{path}: the decoder refuses it ({str(e).strip().splitlines()[-1][:160]}); images over "
                          f"{MAX_PIXELS} pixels need CV_IO_MAX_IMAGE_PIXELS raised") from None
-    bad = [m for m in msgs if 'corrupt' in m.lower() or 'premature' in m.lower()]
-    if img is None or bad:
-        raise ImageError(f"{path}: corrupt or truncated image" + (f" (libjpeg: {bad[0].strip()})" if bad else " (cannot decode)"))
-    if reduce > 1 and not jpeg: img = cv2.resize(img, None, fx=1 / reduce, fy=1 / reduce, interpolation=cv2.INTER_AREA)
+    if img is None: raise ImageError(f"{path}: corrupt or truncated image (cannot decode)")
+    if reduce > 1: img = cv2.resize(img, None, fx=1 / reduce, fy=1 / reduce, interpolation=cv2.INTER_AREA)
     return img
 
 def image_file_problem(path) -> str|None:
@@ -129,6 +104,40 @@ def reduce_factor(zoom:float, fast_decode=False) -> int:
     "Largest decode reduction in (1, 2, 4, 8) not above `1/zoom` (input pixels per image pixel)."
     if not fast_decode: return 1
     return max([f for f in (1, 2, 4, 8) if f * zoom <= 1] or [1])
+
+# %% ../nbs/02_data.ipynb #30a367de
+def cache_dir() -> Path:
+    "Where adpd keeps what it can recompute (`$ADPD_CACHE`, else `$XDG_CACHE_HOME/adpd`, else `~/.cache/adpd`); never inside a data root."
+    env = os.environ.get('ADPD_CACHE')
+    return Path(env).expanduser() if env else Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'adpd'
+
+def _stat_key(path):
+    "`(size, mtime_ns)` of `path`, or None when it cannot be read."
+    try: s = os.stat(path)
+    except OSError: return None
+    return (s.st_size, s.st_mtime_ns)
+
+def check_image_files(img_dir, names, threads:int|None=None) -> list:
+    """`image_file_problem` of `img_dir / name` for every name in `names` (None where fine), in parallel threads and
+    cached by `(path, size, mtime)` in `cache_dir()/file-checks`: a file that changed is checked again."""
+    img_dir, names = Path(img_dir), list(names)
+    root = img_dir.resolve()
+    cf = cache_dir() / 'file-checks' / f"{hashlib.sha1(str(root).encode()).hexdigest()[:20]}.json"
+    try: cached = json.loads(cf.read_text()) if cf.is_file() else {}
+    except (OSError, ValueError): cached = {}
+    if cached.get('root') != str(root): cached = {}
+    entries = cached.get('files', {})
+    threads = threads or min(32, 4 * (os.cpu_count() or 1))   # stat and small reads wait on the disk, not the CPU
+    with ThreadPoolExecutor(threads) as ex:
+        chunks = lambda xs, f: [y for ys in ex.map(lambda c: list(map(f, c)), [xs[i:i + 512] for i in range(0, len(xs), 512)]) for y in ys]
+        keys = chunks([img_dir / n for n in names], _stat_key)
+        todo = [i for i, (n, k) in enumerate(zip(names, keys)) if k is not None and entries.get(n, [None, None])[:2] != list(k)]
+        for i, p in zip(todo, chunks([img_dir / names[i] for i in todo], image_file_problem)): entries[names[i]] = [*keys[i], p]
+    if todo:
+        try: atomic_write_text(cf, json.dumps(dict(root=str(root), files=entries)))
+        except OSError: pass                                   # a read-only cache only costs the next build its time
+    return ['missing image file' if k is None else entries[n][2] for n, k in zip(names, keys)]
+
 
 # %% ../nbs/02_data.ipynb #5a32f4b4
 class TopDownDataset(torch.utils.data.Dataset):
@@ -192,7 +201,7 @@ class TopDownDataset(torch.utils.data.Dataset):
         "A copy with no samples and no annotation index: what `learn.export` keeps of the data pipeline."
         new = copy.copy(self)
         new.db = PoseRecords.from_rows([], self.spec.K)
-        if hasattr(new, 'coco'): new.coco = None
+        if hasattr(type(new), 'coco') or 'coco' in vars(new): new.coco = None   # the class's attribute: no lazy parse
         return new
 
 # %% ../nbs/02_data.ipynb #2e8d50fa
@@ -209,6 +218,9 @@ def _report(source, skips:Counter, examples:dict=None, what='samples'):
 
 def _is_num(x): return isinstance(x, (int, float)) and not isinstance(x, bool)
 
+_NUM = {int, float}
+def _nums(xs) -> bool: return set(map(type, xs)) <= _NUM   # json numbers, not bools: C speed on 13M values
+
 def _finite(*xs) -> bool: return all(np.isfinite(np.asarray(x, np.float64)).all() for x in xs)
 
 def read_json(path, what='annotation file'):
@@ -224,15 +236,15 @@ def _no_duplicates(path, ids, what):
     dup = [i for i, n in Counter(ids).items() if n > 1]
     if dup: _fail(path, f"{what} id {dup[0]!r} appears {Counter(ids)[dup[0]]} times ({len(dup)} repeated ids); each {what} needs its own id")
 
-def load_coco_json(ann_file) -> COCO:
-    "A pycocotools `COCO` of a keypoint json, validated first: errors name the file and the problem."
+def read_coco_json(ann_file) -> dict:
+    "The parsed COCO keypoint json at `ann_file`, validated: errors name the file and the problem (defaults filled in as pycocotools expects)."
     ann_file = Path(ann_file)
     d = read_json(ann_file)
     if not isinstance(d, dict): _fail(ann_file, "expected a json object with images, annotations, categories")
     for k in ('images', 'annotations', 'categories'):
         if not isinstance(d.get(k), list): _fail(ann_file, f"missing or non-list key {k!r}")
     for im in d['images']:
-        if not (isinstance(im, dict) and isinstance(im.get('id'), int) and isinstance(im.get('file_name'), str)
+        if not (isinstance(im, dict) and type(im.get('id')) is int and isinstance(im.get('file_name'), str)
                 and _is_num(im.get('width')) and _is_num(im.get('height'))):
             _fail(ann_file, f"image entry {str(im)[:80]} needs int id, str file_name, numeric width and height")
     cats = [c for c in d['categories'] if isinstance(c, dict) and c.get('keypoints')]
@@ -244,87 +256,159 @@ def load_coco_json(ann_file) -> COCO:
         if not isinstance(a, dict): _fail(ann_file, f"annotation {str(a)[:80]} is not an object")
         for k in ('image_id', 'category_id', 'keypoints', 'bbox'):
             if k not in a: _fail(ann_file, f"annotation {a.get('id', '?')} has no {k!r}")
-        if not (isinstance(a['keypoints'], list) and all(_is_num(v) for v in a['keypoints'])
-                and isinstance(a['bbox'], list) and len(a['bbox']) == 4 and all(_is_num(v) for v in a['bbox'])):
+        if not (isinstance(a['keypoints'], list) and _nums(a['keypoints'])
+                and isinstance(a['bbox'], list) and len(a['bbox']) == 4 and _nums(a['bbox'])):
             _fail(ann_file, f"annotation {a.get('id', '?')}: keypoints and bbox must be lists of numbers")
         if a['image_id'] not in ids: _fail(ann_file, f"annotation {a.get('id', '?')} names unknown image_id {a['image_id']}")
         a.setdefault('iscrowd', 0); a.setdefault('area', a['bbox'][2] * a['bbox'][3])
-        a.setdefault('num_keypoints', sum(v > 0 for v in a['keypoints'][2::3]))
+        if 'num_keypoints' not in a: a['num_keypoints'] = sum(v > 0 for v in a['keypoints'][2::3])
+    return d
+
+def _coco_index(d:dict, ann_file) -> COCO:
+    "A pycocotools `COCO` over the parsed json `d`, quietly; the file name travels with it, for evaluation errors."
     coco = COCO()
-    coco.dataset, coco.ann_file = d, str(ann_file)     # the file name travels with it, for evaluation errors
-    with warnings.catch_warnings():
-        import contextlib, io
-        with contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
+    coco.dataset, coco.ann_file = d, str(ann_file)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()): coco.createIndex()
     return coco
 
+def load_coco_json(ann_file) -> COCO:
+    "A pycocotools `COCO` of a keypoint json, validated first: errors name the file and the problem."
+    return _coco_index(read_coco_json(ann_file), ann_file)
+
+
 # %% ../nbs/02_data.ipynb #facea92f
-def _clip_box(box, w, h):
-    "Clip a ground-truth COCO box to the image (the HRNet family's cleaner, with its 1-px shrink); None when nothing is left."
-    x, y, bw, bh = box
-    x1, y1 = max(0., x), max(0., y)
-    x2, y2 = min(w - 1., x1 + max(0., bw - 1)), min(h - 1., y1 + max(0., bh - 1))
-    if bw <= 0 or bh <= 0 or x2 < x1 or y2 < y1 or x >= w or y >= h: return None
-    return [x1, y1, x2 - x1, y2 - y1]
+def _clip_boxes(box, w, h):
+    """Clip ground-truth COCO boxes `(N, 4)` to their images `w, h (N,)` (the HRNet family's cleaner, with its 1-px
+    shrink): the clipped boxes `(N, 4)` and `ok (N,)`, False where nothing is left."""
+    x, y, bw, bh = box.T
+    x1, y1 = np.maximum(0., x), np.maximum(0., y)
+    x2, y2 = np.minimum(w - 1., x1 + np.maximum(0., bw - 1)), np.minimum(h - 1., y1 + np.maximum(0., bh - 1))
+    ok = (bw > 0) & (bh > 0) & (x2 >= x1) & (y2 >= y1) & (x < w) & (y < h)
+    return np.stack([x1, y1, x2 - x1, y2 - y1], 1), ok
+
+def _reasons(checks, n) -> np.ndarray:
+    "The first true reason of each of `n` rows, in the order of `checks` (`(why, mask (n,))` pairs); '' where none."
+    why = np.full(n, '', object)
+    for w, m in reversed(checks): why[m] = w
+    return why
+
+def _file_key(path) -> list:
+    "What identifies a file's version: its resolved path, size and mtime (None when it cannot be read: no caching)."
+    try: s = os.stat(path)
+    except OSError: return None
+    return [str(Path(path).resolve()), s.st_size, s.st_mtime_ns]
 
 class CocoKeypoints(TopDownDataset):
     "A top-down dataset over a COCO keypoint json of any K; `det_file` gives detection boxes for evaluation."
     def __init__(self, ann_file, img_dir, train=True, image_size=(192, 256), heatmap_size=(48, 64), det_file=None,
                  det_thr=0., category=None, check_files=True, **kwargs):
         self.ann_file, self.img_dir, self.det_file = Path(ann_file), Path(img_dir), det_file
-        self.coco = load_coco_json(ann_file)
-        cats = [c for c in self.coco.dataset['categories'] if c.get('keypoints')]
-        cat = next((c for c in cats if c.get('id') == category or c.get('name') == category), None) if category else cats[0]
-        if cat is None: _fail(ann_file, f"no keypoint category {category!r}")
-        self.cat_id, spec = cat['id'], spec_from_coco_category(cat)
-        aspect = image_size[0] / image_size[1]
-        skips, examples, rows, problems = Counter(), {}, [], {}
-        imgs = self.coco.imgs
-        def image_problem(img_id):
-            "Why the image `img_id` is unusable (its size, then its file when `check_files`), or None; once per image."
-            if img_id not in problems:
-                im = imgs[img_id]; w, h = im['width'], im['height']
-                f = self.img_dir / im['file_name']
-                p = ('bad image size' if not (_finite(w, h) and w > 0 and h > 0) else
-                     'image over the decoder pixel limit' if w * h > MAX_PIXELS else image_file_problem(f) if check_files else None)
-                problems[img_id] = p
-                if p: examples.setdefault(p, f)
-            return problems[img_id]
-        def row(img_id, box, joints, score, area=None):
-            "A sample; `area` defaults to the crop's, `prod(scale · 200)` (what the HRNet family's OKS-NMS uses)."
-            im = imgs[img_id]
-            c, s = box_to_center_scale(box, aspect)
-            return dict(image_id=img_id, file=self.img_dir / im['file_name'], img_wh=(im['width'], im['height']), center=c,
-                        scale=s, joints=joints, score=score, area=np.prod(s * PIXEL_STD) if area is None else area, box=box)
-        def keep(why):
-            if why: skips[why] += 1
-            return not why
-        for a in self.coco.dataset['annotations']:   # with detections too: the ground truth is what they are scored on
-            if a['category_id'] == self.cat_id and len(a['keypoints']) != 3 * spec.K:
-                _fail(ann_file, f"annotation {a.get('id', '?')} has {len(a['keypoints']) / 3:g} keypoints, category has {spec.K}")
-        if det_file is None:
-            for a in self.coco.dataset['annotations']:
-                if a['category_id'] != self.cat_id: continue
-                kp = np.array(a['keypoints'], np.float32)
-                im = imgs[a['image_id']]
-                box = _clip_box(a['bbox'], im['width'], im['height']) if _finite(a['bbox'], im['width'], im['height']) else None
-                why = ('crowd' if a['iscrowd'] else 'non-finite numbers' if not _finite(kp, a['bbox'], a['area']) else
-                       'no labelled joint' if not (kp[2::3] > 0).any() else image_problem(a['image_id']) or
-                       ('empty or outside box' if box is None or not a['area'] > 0 else
-                        'box of ≤ 1 px' if box[2] <= 0 and box[3] <= 0 else None))
-                if keep(why): rows.append(row(a['image_id'], box, kp.reshape(-1, 3), 1., a['area']))
-        else:   # detections: center and scale from the raw box, as the HRNet family's COCO reader does (no cleaner)
-            for d in self._read_dets(det_file):
-                box = d['bbox']
-                why = ('unknown image id' if d['image_id'] not in imgs else
-                       'other category' if d.get('category_id', self.cat_id) != self.cat_id else
-                       'non-finite numbers' if not _finite(box, d['score']) else
-                       'below det_thr' if d['score'] < det_thr else
-                       'empty box' if box[2] <= 0 or box[3] <= 0 else image_problem(d['image_id']))
-                if keep(why): rows.append(row(d['image_id'], list(box), np.zeros((spec.K, 3), np.float32), d['score']))
+        self._coco = self._coco_loaded = None
+        t, d = self._table(det_file, category, det_thr)
+        if d is not None and not train: self.coco = _coco_index(d, ann_file)    # parsed anyway: an evaluation dataset keeps it
+        del d
+        self.cat_id, spec = int(t['cat_id']), spec_from_coco_category(json.loads(str(t['category'])))
+        ix, names, wh, why = t['ix'], t['names'], t['wh'], t['why'].astype(object)
+        # image checks, once per image still needed: its size, then (`check_files`) its file
+        need = np.unique(ix)
+        w, h = wh[need].T
+        prob = _reasons([('bad image size', ~(np.isfinite(w) & np.isfinite(h) & (w > 0) & (h > 0))),
+                         ('image over the decoder pixel limit', w * h > MAX_PIXELS)], len(need))
+        if check_files:
+            ok = np.flatnonzero(prob == '')
+            prob[ok] = [p or '' for p in check_image_files(self.img_dir, names[need[ok]].tolist())]
+        img_why = np.full(len(names), '', object); img_why[need] = prob
+        why = img_why[ix]
+        box, area, gt = t['box'], t['area'], det_file is None
+        if gt:
+            cb, ok = _clip_boxes(box, *wh[ix].T)
+            ok &= np.isfinite(wh[ix]).all(1) & (area > 0)
+            why = np.where(why != '', why, np.where(~ok, 'empty or outside box', np.where((cb[:, 2] <= 0) & (cb[:, 3] <= 0), 'box of ≤ 1 px', ''))).astype(object)
+        keep = why == ''
+        skips = Counter(dict(zip(t['pre_why'].tolist(), t['pre_n'].tolist()))) + Counter(why[~keep].tolist())
+        examples = {p: self.img_dir / names[ix[np.argmax(why == p)]] for p in set(prob.tolist()) - {''}}
+        ix, box = ix[keep], (cb if gt else box)[keep]
+        c, s = box_to_center_scale(box, image_size[0] / image_size[1])
+        area = area[keep] if gt else np.prod(s * PIXEL_STD, 1)      # detections: the crop's area, for OKS-NMS
+        u, inv = np.unique(ix, return_inverse=True)
+        files = np.array([str(self.img_dir / n) for n in names[u]], dtype=object)[inv.reshape(-1)]
+        db = PoseRecords(t['ids'][ix], files, wh[ix], c, s, t['joints'][keep].reshape(-1, spec.K, 3),
+                         t['score'][keep].astype(np.float32), area.astype(np.float32), box)
         src = det_file or ann_file
         _report(src, skips, examples)
         self.skips = skips
-        super().__init__(PoseRecords.from_rows(rows, spec.K), spec, train, image_size, heatmap_size, source=src, **kwargs)
+        super().__init__(db, spec, train, image_size, heatmap_size, source=src, **kwargs)
+
+    @property
+    def coco(self) -> COCO|None:
+        "The pycocotools index of `ann_file` (for evaluation), parsed on first use unless the build kept it."
+        if self._coco is None and self._coco_loaded is None: self.coco = load_coco_json(self.ann_file)
+        return self._coco
+    @coco.setter
+    def coco(self, c): self._coco, self._coco_loaded = c, True
+
+    _TABLE = 1   # version of the cached table's layout
+
+    def _table(self, det_file, category, det_thr):
+        """What the json (and `det_file`) say, as arrays: the candidate rows (`ix` into the images, box, joints, score,
+        area), the counts of rows already skipped, the images' ids, sizes and names. Cached in `cache_dir()/coco-tables`
+        by the files' paths, sizes and mtimes; returns `(table, parsed json or None when cached)`."""
+        files = [_file_key(f) for f in (self.ann_file, det_file) if f is not None]
+        key = json.dumps([self._TABLE, files, category, det_thr])               # one cache file per dataset, its versions inside
+        cf = cache_dir() / 'coco-tables' / f"{hashlib.sha1(json.dumps([[f and f[0] for f in files], category, det_thr]).encode()).hexdigest()[:20]}.npz"
+        try:
+            if None in files: raise OSError                                  # a missing file: the reader says so
+            with np.load(cf, allow_pickle=False) as z:
+                if str(z['key']) == key: return {k: z[k] for k in z.files}, None
+        except (OSError, ValueError, KeyError): pass
+        d = read_coco_json(self.ann_file)
+        cats = [c for c in d['categories'] if c.get('keypoints')]
+        cat = next((c for c in cats if c.get('id') == category or c.get('name') == category), None) if category else cats[0]
+        if cat is None: _fail(self.ann_file, f"no keypoint category {category!r}")
+        K = len(cat['keypoints'])
+        anns = [a for a in d['annotations'] if a['category_id'] == cat['id']]
+        bad = next((a for a in anns if len(a['keypoints']) != 3 * K), None)   # with detections too: the ground truth is what they are scored on
+        if bad: _fail(self.ann_file, f"annotation {bad.get('id', '?')} has {len(bad['keypoints']) / 3:g} keypoints, category has {K}")
+        ids = np.array([im['id'] for im in d['images']], np.int64)
+        t = dict(ids=ids, wh=np.array([(im['width'], im['height']) for im in d['images']], np.float64).reshape(-1, 2),
+                 names=np.array([im['file_name'] for im in d['images']], str), cat_id=np.array(cat['id']), category=np.array(json.dumps(cat)))
+        if det_file is None: ix, box, joints, score, area, why = self._gt_rows(anns, ids, K)
+        else: ix, box, joints, score, area, why = self._det_rows(det_file, ids, det_thr, cat['id'], K)
+        pre = Counter(why[why != ''].tolist()); ok = why == ''
+        t.update(ix=ix[ok], box=box[ok], joints=joints[ok].astype(np.float32), score=score[ok], area=area[ok],
+                 why=np.full(ok.sum(), '', '<U1'), pre_why=np.array(list(pre), str).reshape(-1), pre_n=np.array(list(pre.values()), np.int64),
+                 key=np.array(key))
+        try: atomic_write(cf, lambda f: np.savez(f, **t))
+        except OSError: pass                                   # a read-only cache only costs the next build its time
+        return t, d
+
+    @staticmethod
+    def _gt_rows(anns, ids, K):
+        "Image index, box, joints, score, area and first skip reason of every annotation (json order)."
+        order = np.argsort(ids)
+        ix = order[np.searchsorted(ids, np.array([a['image_id'] for a in anns], np.int64), sorter=order)] if anns else np.zeros(0, np.int64)
+        kp = np.array([a['keypoints'] for a in anns], np.float64).reshape(-1, 3 * K)
+        box = np.array([a['bbox'] for a in anns], np.float64).reshape(-1, 4)
+        area = np.array([a['area'] for a in anns], np.float64)
+        crowd = np.array([bool(a['iscrowd']) for a in anns], bool)
+        with np.errstate(invalid='ignore'):
+            why = _reasons([('crowd', crowd), ('non-finite numbers', ~(np.isfinite(kp).all(1) & np.isfinite(box).all(1) & np.isfinite(area))),
+                            ('no labelled joint', ~(kp[:, 2::3] > 0).any(1))], len(anns))
+        return ix, box, kp, np.ones(len(anns)), area, why
+
+    def _det_rows(self, det_file, ids, det_thr, cat_id, K):
+        "Image index, box, joints (zeros), score, area (set later) and first skip reason of every detection (file order)."
+        dets = self._read_dets(det_file)
+        where = dict(zip(ids.tolist(), range(len(ids))))
+        ix = np.array([where.get(d['image_id'], -1) for d in dets], np.int64)
+        box = np.array([d['bbox'] for d in dets], np.float64).reshape(-1, 4)
+        score = np.array([d['score'] for d in dets], np.float64)
+        other = np.array([d.get('category_id', cat_id) != cat_id for d in dets], bool)
+        with np.errstate(invalid='ignore'):
+            why = _reasons([('unknown image id', ix < 0), ('other category', other),
+                            ('non-finite numbers', ~(np.isfinite(box).all(1) & np.isfinite(score))),
+                            ('below det_thr', score < det_thr), ('empty box', (box[:, 2] <= 0) | (box[:, 3] <= 0))], len(dets))
+        return ix, box, np.zeros((len(dets), 3 * K), np.float32), score, np.zeros(len(dets)), why
 
     @staticmethod
     def _read_dets(det_file):
@@ -333,9 +417,10 @@ class CocoKeypoints(TopDownDataset):
         if not isinstance(dets, list): _fail(det_file, "expected a list of detections (COCO results format)")
         for d in dets:
             if not (isinstance(d, dict) and 'image_id' in d and _is_num(d.get('score'))
-                    and isinstance(d.get('bbox'), list) and len(d['bbox']) == 4 and all(_is_num(v) for v in d['bbox'])):
+                    and isinstance(d.get('bbox'), list) and len(d['bbox']) == 4 and _nums(d['bbox'])):
                 _fail(det_file, f"detection {str(d)[:80]} needs image_id, numeric score and a 4-number bbox")
         return dets
+
 
 # %% ../nbs/02_data.ipynb #1d2af912
 class MPIIKeypoints(TopDownDataset):
@@ -401,12 +486,12 @@ class PoseDL(DataLoader):
         self.threads = threads if threads is not None else 1 if self.fake_l.num_workers else min(4, os.cpu_count() or 1)
 
     def create_batches(self, samps):
-        "Batches of the sample indices `samps`; each sample's `load` runs in a thread pool (cv2 releases the GIL)."
+        "Batches of the sample indices `samps`; each sample's `load` runs in a thread pool (simplejpeg and cv2 release the GIL)."
         ds = self.dataset
         if self.threads < 2 or self.prebatched or not hasattr(ds, 'sample_aug'):
             yield from super().create_batches(samps); return
         load = lambda i, aug: self.after_item(ds.load(i, aug))
-        with ThreadPoolExecutor(self.threads, initializer=private_fds) as ex:
+        with ThreadPoolExecutor(self.threads) as ex:
             ahead = deque()
             for idx in self.chunkify(samps):
                 ahead.append([ex.submit(load, i, ds.sample_aug(i)) for i in idx])

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from fastcore.imports import in_ipython
-from .core import UserError, atomic_write, atomic_write_text, cli_main, last_heatmaps, parse_size, require
-from .models import ONNX_CARD_KEY, TS_CARD_FILE, ExportedModel, ModelCard, load_pose_model
+from .core import atomic_write, atomic_write_text, cli_main, CommandParser, last_heatmaps, parse_size, require, UserError
+from .models import ONNX_CARD_KEY, TS_CARD_FILE, ExportedModel, InputError, ModelCard, load_pose_model, out_problem
 
 # %% auto #0
 __all__ = ['FORMATS', 'OPSET', 'export_student', 'parity', 'make_parser', 'main', 'ExportedModel']
@@ -70,17 +70,23 @@ def parity(model:nn.Module, exported:nn.Module, image_size=(192, 256), n:int=4, 
 def _size(s):
     "'256x192' (H x W) → `(w, h)` for argparse."
     try: return parse_size(s)
-    except UserError as e: raise argparse.ArgumentTypeError(f"--image-size: {e}") from None
+    except UserError as e: raise argparse.ArgumentTypeError(str(e)) from None   # argparse names the flag
+
+def _out_file(s):
+    "--out for argparse: a file that can be written (not a folder, nor below a file)."
+    why = out_problem(s)
+    if why: raise argparse.ArgumentTypeError(why + (f"; name the file to write, e.g. {Path(s) / 'model.onnx'}" if Path(s).is_dir() else ''))
+    return s
 
 def make_parser():
     "The `adpd_export` argument parser."
-    p = argparse.ArgumentParser(prog='adpd_export', description="Export a trained pose model to ONNX (dynamic batch, opset "
+    p = CommandParser(prog='adpd_export', description="Export a trained pose model to ONNX (dynamic batch, opset "
         f"{OPSET}) or TorchScript: input `input` (B, 3, H, W) RGB normalised with the ImageNet mean and std, output `heatmaps` "
         "(B, K, H/4, W/4); the model card goes with it. Checks the file against PyTorch and prints the max relative difference of the heatmaps.")
     p.add_argument('model', metavar='RUN_OR_PTH', help='an adpd_train run folder (best.pth, else final.pth, else checkpoint.pth), a .pth, or the shipped weights folder')
     p.add_argument('--arch', metavar='NAME', help='architecture of a .pth without a model card (tiny, resnet_50, hrnet_w32, fpn:<timm name>, ...)')
     p.add_argument('--format', choices=FORMATS, default='onnx', help='onnx (default) or torchscript')
-    p.add_argument('--out', metavar='PATH', help='the file to write (default: ./<arch>.onnx or .pt)')
+    p.add_argument('--out', type=_out_file, metavar='PATH', help='the file to write (default: ./<arch>.onnx or .pt)')
     p.add_argument('--image-size', type=_size, metavar='HxW', help="input size (default: the card's, else 256x192)")
     return p
 
@@ -90,7 +96,8 @@ def _export(a) -> int:
     out = Path(a.out or f"{st.arch.replace(':', '-')}.{'onnx' if a.format == 'onnx' else 'pt'}")
     with warnings.catch_warnings():      # torch's deprecation notices of its exporters: noise on the command line
         warnings.simplefilter('ignore', (FutureWarning, DeprecationWarning))
-        path = export_student(st.model, out, a.format, st.image_size, card=st.card)
+        try: path = export_student(st.model, out, a.format, st.image_size, card=st.card)
+        except OSError as e: raise InputError(f"--out {out}: cannot write it ({e.strerror or e})") from None
         rel = parity(st.model, ExportedModel(path), st.image_size)
     (w, h), ok = st.image_size, rel <= 1e-4
     print(f"wrote {path} ({a.format}{f', opset {OPSET}' if a.format == 'onnx' else ''}): {st.arch} from {st.path}, input (B, 3, {h}, {w}) "

@@ -4,24 +4,24 @@
 
 # %% ../nbs/10_predict.ipynb #2c5fa206
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, math, sys
 from pathlib import Path
 import cv2, PIL.Image
 import numpy as np
 import torch
 from fastcore.imports import in_ipython
-from .core import COCO17, MPII16, KeypointSpec, atomic_write, atomic_write_text, cli_main, parse_size, quiet_import, spec_from_coco_category
+from .core import atomic_write, atomic_write_text, cli_main, COCO17, CommandParser, KeypointSpec, MPII16, parse_size, quiet_import, spec_from_coco_category, UserError
 from .transforms import PIXEL_STD, box_to_center_scale
-from .models import InputError, PoseModel, load_pose_model, model_joints, spec_for
+from .models import InputError, PoseModel, load_pose_model, model_joints, out_problem, spec_for
 from .evaluate import predict_keypoints, rescore
 with quiet_import():              # fastai's modules call torch.jit.script at import, which torch deprecates
     from adpd.data import PoseRecords, TopDownDataset, read_image, read_json
     from adpd.viz import show_pose
 
 # %% auto #0
-__all__ = ['SPECS', 'Student', 'SYNTHETIC_WARNING', 'as_bgr', 'person_boxes', 'ImageBoxes', 'predict', 'load_student',
-           'coco_image_id', 'read_boxes', 'draw_poses', 'parse_spec', 'make_parser', 'say_card', 'main', 'InputError',
-           'model_joints', 'spec_for']
+__all__ = ['SPECS', 'Student', 'SYNTHETIC_WARNING', 'as_bgr', 'person_boxes', 'boxes_outside', 'ImageBoxes', 'predict',
+           'load_student', 'coco_image_id', 'read_boxes', 'draw_poses', 'parse_spec', 'make_parser', 'say_card', 'main',
+           'InputError', 'model_joints', 'spec_for']
 
 # %% ../nbs/10_predict.ipynb #49982aa0
 _all_ = ['InputError']   # defined with the model card (`adpd.models.card`), raised here too: one error for every bad input
@@ -51,6 +51,11 @@ def person_boxes(boxes, wh, source='boxes') -> np.ndarray:
     if not np.isfinite(b).all() or (b[:, 2:] <= 0).any():
         raise InputError(f"{source}: boxes need finite numbers and a positive width and height, got {b[~(np.isfinite(b).all(1) & (b[:, 2:] > 0).all(1))][0].tolist()}")
     return b
+
+def boxes_outside(b, wh) -> np.ndarray:
+    "Which boxes `b (N, 4)` `x, y, w, h` lie entirely outside an image of size `wh = (w, h)`: `(N,)` bool (a box partly inside is fine)."
+    w, h = wh
+    return (b[:, 0] >= w) | (b[:, 1] >= h) | (b[:, 0] + b[:, 2] <= 0) | (b[:, 1] + b[:, 3] <= 0)
 
 class ImageBoxes(TopDownDataset):
     """A `TopDownDataset` of person boxes on images held in memory: `images` BGR uint8 `(h, w, 3)` (see `as_bgr`), `boxes[i] (N_i, 4)`
@@ -98,6 +103,9 @@ def predict(model, image, boxes=None, spec:KeypointSpec|None=None, image_size=No
     spec = spec_for(model_joints(net, image_size), spec or (st.spec if st else None), st.path if st else type(net).__name__)
     img = as_bgr(image)
     b = person_boxes(boxes, img.shape[1::-1], str(image) if isinstance(image, (str, Path)) else 'boxes')
+    off = np.flatnonzero(boxes_outside(b, img.shape[1::-1]))
+    if len(off): raise InputError(f"{image if isinstance(image, (str, Path)) else 'boxes'}: box {off[0]} {b[off[0]].tolist()} lies entirely "
+                                  f"outside the image ({img.shape[1]} x {img.shape[0]} pixels)" + (f", and {len(off) - 1} more" if len(off) > 1 else ''))
     if not len(b): return np.zeros((0, spec.K, 2)), np.zeros((0, spec.K), np.float32)
     return predict_keypoints(net, ImageBoxes([img], [b], spec, image_size), flip=flip, bs=bs)
 
@@ -179,9 +187,34 @@ def parse_spec(s) -> KeypointSpec:
     if not cats: raise InputError(f"{s}: no category with a `keypoints` list (need coco17, mpii16 or a COCO keypoint json)")
     return spec_from_coco_category(cats[0])
 
+def _thr(s):
+    "--thr for argparse: a finite number in [0, 1]."
+    try: v = float(s)
+    except ValueError: v = float('nan')
+    if not (math.isfinite(v) and 0 <= v <= 1): raise argparse.ArgumentTypeError(f"{s!r}: must be a finite number in [0, 1]")
+    return v
+
+def _device(s):
+    "--device for argparse: a `torch.device` that exists here."
+    try: d = torch.device(s)
+    except (RuntimeError, ValueError): raise argparse.ArgumentTypeError(f"{s!r}: not a device (cpu, cuda, cuda:1, mps)") from None
+    if d.type == 'cuda':
+        if not torch.cuda.is_available(): raise argparse.ArgumentTypeError(f"{s!r}: CUDA is not available here (no NVIDIA GPU, driver or CUDA build of torch); use cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{s!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == 'mps' and not torch.backends.mps.is_available(): raise argparse.ArgumentTypeError(f"{s!r}: MPS is not available here; use cpu")
+    elif d.type not in ('cpu', 'cuda', 'mps'): raise argparse.ArgumentTypeError(f"{s!r}: adpd_predict runs on cpu, cuda or mps")
+    return d
+
+def _out_dir(s):
+    "--out for argparse: a folder that can be made (not a file, nor below one)."
+    why = out_problem(s, folder=True)
+    if why: raise argparse.ArgumentTypeError(why)
+    return s
+
 def make_parser():
     "The `adpd_predict` argument parser."
-    p = argparse.ArgumentParser(prog='adpd_predict', formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = CommandParser(prog='adpd_predict', formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Predict the keypoints of people in images with a trained pose model; draw them (one PNG per image in --out) "
                     "and write them as COCO keypoint results (--out/keypoints.json: image_id, category_id 1, keypoints x, y, score, "
                     "score). image_id is the number a file is named by (000000000785.jpg → 785), else the image's position in the list.",
@@ -195,12 +228,12 @@ def make_parser():
                    help='an adpd_train run folder (its best.pth, else final.pth, else checkpoint.pth), a .pth, or the shipped weights folder')
     p.add_argument('--arch', metavar='NAME', help='architecture of a plain .pth state dict (tiny, resnet_50, hrnet_w32, fpn:<timm name>, ...)')
     p.add_argument('--boxes', metavar='JSON', help='person boxes per image (formats below); default: the whole image is one person box')
-    p.add_argument('--out', default='predictions', metavar='DIR', help='where the drawings and keypoints.json go (default: predictions)')
+    p.add_argument('--out', default='predictions', type=_out_dir, metavar='DIR', help='where the drawings and keypoints.json go (default: predictions)')
     p.add_argument('--no-flip', dest='flip', action='store_false', help='no flip test (twice as fast, a little less accurate)')
     p.add_argument('--spec', metavar='SPEC', help="keypoints: coco17, mpii16 or a COCO keypoint json (default: the run's, else by K)")
     p.add_argument('--image-size', metavar='HxW', help="model input size (default: the run's, else 256x192)")
-    p.add_argument('--thr', type=float, default=.2, help='joints scoring at most this are drawn hollow (default 0.2)')
-    p.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
+    p.add_argument('--thr', type=_thr, default=.2, help='joints scoring at most this are drawn hollow (default 0.2)')
+    p.add_argument('--device', type=_device, help='cpu, cuda, cuda:1, ... (default: cuda if available)')
     return p
 
 SYNTHETIC_WARNING = ("this model has only ever seen the synthetic benchmark's drawn people, never a photograph of a real person: on "
@@ -214,18 +247,28 @@ def say_card(st:PoseModel, file=None):
 
 def _predict_images(a) -> int:
     "The body of `adpd_predict` on the parsed flags `a`."
-    st = load_student(a.model, a.arch, parse_spec(a.spec) if a.spec else None, parse_size(a.image_size) if a.image_size else None)
-    dev = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    folder = next((f for f in a.images if Path(f).is_dir()), None)
+    if folder: raise InputError(f"{folder}: a folder, not an image file (pass its images, e.g. {Path(folder) / '*.jpg'})")
+    try: size = parse_size(a.image_size) if a.image_size else None     # here, not in argparse: one line like every other bad input
+    except UserError as e: raise InputError(f"--image-size: {e}") from None
+    st = load_student(a.model, a.arch, parse_spec(a.spec) if a.spec else None, size)
+    dev = a.device or torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     st.model.to(dev)
     boxes = read_boxes(a.boxes, a.images) if a.boxes else [None] * len(a.images)
-    out, res, seen = Path(a.out), [], set()
+    out, res, seen, outside, broken = Path(a.out), [], set(), [], 0
     print(f"model: {st.path} (flip test {'on' if a.flip else 'off'}, {dev})", flush=True)
     say_card(st)
     for i, f in enumerate(a.images):
         img = read_image(f)[..., ::-1]                       # RGB, for predict and the drawing
         if a.boxes and boxes[i] is None: print(f"{f}: no boxes in {a.boxes}; skipped", flush=True); continue
         b, s = boxes[i] or (person_boxes(None, img.shape[1::-1]), np.ones(1))
+        off = boxes_outside(b, img.shape[1::-1])
+        outside += [f"{Path(f).name} box {j} {b[j].tolist()}" for j in np.flatnonzero(off)]
+        b, s = b[~off], s[~off]
         kp, mv = predict(st, img, b, flip=a.flip)
+        ok = np.isfinite(kp).all((1, 2)) & np.isfinite(mv).all(1)     # a pose with a NaN or inf never reaches keypoints.json
+        broken += int((~ok).sum())
+        b, s, kp, mv = b[ok], s[ok], kp[ok], mv[ok]
         score = rescore(s, mv) if len(b) else np.zeros(0)
         img_id = coco_image_id(f, i)
         res += [dict(image_id=img_id, category_id=1, keypoints=np.concatenate([kp[j], mv[j, :, None]], 1).ravel().tolist(),
@@ -234,6 +277,10 @@ def _predict_images(a) -> int:
         seen.add(name)
         draw_poses(img, kp, mv, b, st.spec, a.thr, out / f'{name}.png')
         print(f"{f}: {len(b)} {'person' if len(b) == 1 else 'people'} → {out / name}.png", flush=True)
+    if outside: print(f"adpd_predict: note: {a.boxes}: {len(outside)} {'box' if len(outside) == 1 else 'boxes'} entirely outside "
+                      f"{'its image' if len(outside) == 1 else 'their images'} skipped ({'e.g. ' if len(outside) > 1 else ''}{outside[0]})", file=sys.stderr)
+    if broken: print(f"adpd_predict: warning: {broken} {'pose' if broken == 1 else 'poses'} with non-finite keypoints or scores skipped "
+                     "(the model outputs NaN or infinity: check its weights and input)", file=sys.stderr)
     atomic_write_text(out / 'keypoints.json', json.dumps(res))
     print(f"wrote {out / 'keypoints.json'} ({len(res)} poses)")
     return 0

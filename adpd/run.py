@@ -4,14 +4,14 @@
 
 # %% ../nbs/08_run.ipynb #d233c51e
 from __future__ import annotations
-import contextlib, dataclasses, errno, json, math, os, random, re, time, warnings
+import contextlib, dataclasses, errno, hashlib, io, json, math, os, random, re, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
 from fastcore.foundation import L
 from fastcore.basics import store_attr
-from .core import quiet_import, UserError, atomic_write, atomic_write_text, unwrap, n_params
+from .core import quiet_import, UserError, atomic_write, atomic_write_text, unwrap, n_params, require
 with quiet_import():                  # fastai's modules call torch.jit.script at import, which torch deprecates
     from fastai.learner import Learner, CancelFitException
     from fastai.callback.core import Callback
@@ -26,10 +26,13 @@ from .learner import distill_learner, distill_cohort, with_eval, DistillCallback
 from .models import read_checkpoint, CheckpointError, ModelCard, write_card, read_card, CARD_FILE
 
 # %% auto #0
-__all__ = ['TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'check_finite', 'rng_state',
-           'set_rng_state', 'RunConfig', 'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'open_run', 'StepLR',
-           'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint',
-           'RunLog', 'FiniteLossGuard', 'fit_run', 'digest', 'MemberBest', 'MemberResult', 'RunResult', 'Run']
+__all__ = ['CHECKSUMS', 'LOGGERS', 'TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint',
+           'check_finite', 'state_digest', 'save_verified', 'save_checked', 'load_verified', 'rng_state',
+           'set_rng_state', 'RunConfig', 'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'auto_resume',
+           'open_run', 'StepLR', 'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier',
+           'RunCheckpoint', 'RunLog', 'check_logs', 'TensorBoardScalars', 'WandbScalars', 'live_writers',
+           'EpochScalars', 'FiniteLossGuard', 'Interrupted', 'fit_run', 'digest', 'MemberBest', 'MemberResult',
+           'RunResult', 'Run']
 
 # %% ../nbs/08_run.ipynb #97b5e0c3
 class TrainError(UserError):
@@ -54,12 +57,17 @@ def _disk_full(e) -> bool:
     if isinstance(e, OSError): return e.errno in (errno.ENOSPC, errno.EDQUOT)
     return isinstance(e, RuntimeError) and bool(re.search(r'unexpected pos|PytorchStreamWriter', str(e)))
 
-def guarded_write(path, write):
-    "Call `write()`, an atomic write of `path`; a full disk becomes a `TrainError` that says the previous `path` is intact."
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+def guarded_write(path, write, where='choose a folder you can write to'):
+    """Call `write()`, an atomic write of `path`; a full disk becomes a `TrainError` that says the previous `path` is intact,
+    a read-only file system or a folder without write permission one that names the folder (`where`: what to do instead)."""
     path = Path(path)
     existed = path.exists()
     try: return write()
     except (OSError, RuntimeError) as e:
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+            raise TrainError(f"{path.parent}: cannot write there ({e.strerror or os.strerror(e.errno)}); {where}") from None
         if not _disk_full(e): raise
         kept = f"the previous {'checkpoint' if path.suffix == '.pth' else path.name} is intact" if existed else 'nothing was written'
         raise TrainError(f"no space left writing {path}; {kept} ({type(e).__name__}: {str(e).strip()[:120]})") from None
@@ -83,6 +91,59 @@ def check_finite(state_dict, path):
     bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad: raise TrainError(f"refusing to write {path}: the model has non-finite values ({', '.join(bad[:5])}"
                              f"{f', … {len(bad) - 5} more' if len(bad) > 5 else ''}); the files written before are unchanged")
+
+def state_digest(obj) -> str:
+    """The sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every other value's `repr`, in a fixed
+    order. `checkpoint.pth` carries the digest of the rest of itself, so a damaged file is caught when it is read back."""
+    h = hashlib.sha256()
+    def walk(o):
+        if torch.is_tensor(o):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f'T{t.dtype}{tuple(o.shape)}'.encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            for k in sorted(o, key=repr): h.update(f'K{k!r}'.encode()); walk(o[k])
+            h.update(b'}')
+        elif isinstance(o, (list, tuple)):
+            for v in o: h.update(b','); walk(v)
+            h.update(b']')
+        else: h.update(f'V{o!r}'.encode())
+    walk(obj)
+    return h.hexdigest()
+
+def save_verified(state:dict, path):
+    "`atomic_save` the dict `state` with its `state_digest` under the key `digest` (checked by `load_verified`)."
+    state = _plain(state)
+    return atomic_save(dict(state, digest=state_digest(state)), path)
+
+CHECKSUMS = 'checksums.json'
+
+def _checksums(folder) -> dict:
+    "`folder/checksums.json` (`{file name: [sha256, ...]}`), {} if there is none or it is unreadable."
+    f = Path(folder) / CHECKSUMS
+    try: d = json.loads(f.read_text()) if f.is_file() else {}
+    except (ValueError, OSError): d = {}
+    return d if isinstance(d, dict) else {}
+
+def save_checked(obj, path):
+    """`atomic_save(obj, path)` with the file's sha256 in `checksums.json` beside it, `{file name: [sha256, ...]}`: the file is
+    one of the listed (two only while it is being replaced, so that a kill at any moment leaves a file that matches)."""
+    path, buf = Path(path), io.BytesIO()
+    torch.save(_plain(obj), buf)
+    data = buf.getvalue()
+    new, sums, f = hashlib.sha256(data).hexdigest(), _checksums(path.parent), path.parent / CHECKSUMS
+    put = lambda hs: guarded_write(f, lambda: atomic_write_text(f, json.dumps(dict(sums, **{path.name: hs}), indent=1, sort_keys=True)))
+    put(sums.get(path.name, [])[-1:] + [new] if path.is_file() else [new])
+    guarded_write(path, lambda: atomic_write(path, lambda fh: fh.write(data)))
+    put([new])
+    return path
+
+def load_verified(path, map_location='cpu') -> dict:
+    "`load_checkpoint(path)`, its `digest` (if it has one) checked: a `TrainError` naming the file if its contents changed after it was written."
+    state = load_checkpoint(path, map_location)
+    want = state.pop('digest', None) if isinstance(state, dict) else None
+    if want is not None and state_digest(state) != want:
+        raise TrainError(f"{path}: its contents do not match the checksum written with it (the file was damaged after it was written)")
+    return state
 
 # %% ../nbs/08_run.ipynb #43c2fb5b
 def rng_state(loaders=()):
@@ -142,13 +203,14 @@ class CohortConfig(FitConfig):
 class Runtime:
     "How a run is executed, not what it computes: never part of its identity."
     out: str = 'runs/run'
-    resume: bool = False
+    resume: bool = False          # True: continue the run (it must have a checkpoint); see `auto_resume`
     stop_after: int|None = None   # stop cleanly after this epoch (checkpoint written)
     workers: int = 0
     threads: int|None = None
     device: str = 'cpu'
     bar: bool = True
     command: str = ''             # the command line that started it, for the model cards
+    log: tuple = ()               # live curves: 'tensorboard', 'wandb' (see `EpochScalars`)
 
 # %% ../nbs/08_run.ipynb #1e2e7ab9
 def _listing(d):
@@ -163,6 +225,18 @@ def check_resume(run_dir):
     if not any(run_dir.glob('**/checkpoint.pth')):
         raise TrainError(f"{run_dir} has {_listing(run_dir)} but no checkpoint.pth; nothing to resume (without --resume the run "
                          "starts again from epoch 0 and overwrites what is there)")
+
+def auto_resume(run_dir) -> bool:
+    "`--resume auto`: whether `run_dir` holds a checkpoint to continue (then resume), else start the run; says which."
+    go = Path(run_dir).is_dir() and any(Path(run_dir).glob('**/checkpoint.pth'))
+    say(f"--resume auto: {'continuing the run in' if go else 'nothing to resume, starting the run in'} {run_dir}")
+    return go
+
+def _check_writable(run_dir):
+    "A `TrainError` naming `run_dir` unless a file can be written in it (creating it): not a read-only file system, not a folder without permission."
+    probe = Path(run_dir) / '.adpd-probe.tmp'
+    guarded_write(probe, lambda: atomic_write_text(probe, ''), 'choose another --out')
+    probe.unlink()
 
 def open_run(run_dir, config:RunConfig, resume=False, part=False):
     """Claim `run_dir` for the run `config`; the checkpoint to resume from, or None for a fresh start (`TrainError` if the folder is
@@ -184,10 +258,13 @@ def open_run(run_dir, config:RunConfig, resume=False, part=False):
         ck = run_dir / 'checkpoint.pth'
         if resume and not cks and {p.name for p in run_dir.iterdir() if not p.name.startswith('.')} - {'config.json', 'log.csv'}:
             check_resume(run_dir)                # a stage that has written more than its config: never overwrite it silently
+        if rank_distrib() == 0: _check_writable(run_dir)
         return ck if ck.is_file() else None
     if run_dir.is_dir() and any(not p.name.startswith('.') for p in run_dir.iterdir()):
         raise TrainError(f"{run_dir} is not empty and holds no adpd run (no config.json); choose another --out")
-    if rank_distrib() == 0: atomic_write_text(cfg, json.dumps(config.to_dict(), indent=1, sort_keys=True))
+    if rank_distrib() == 0:
+        _check_writable(run_dir)
+        guarded_write(cfg, lambda: atomic_write_text(cfg, json.dumps(config.to_dict(), indent=1, sort_keys=True)), 'choose another --out')
     return None
 
 # %% ../nbs/08_run.ipynb #c4c8258f
@@ -272,6 +349,11 @@ def _stateful(learn, but=None) -> dict:
     "The learner's callbacks that have `state_dict`/`load_state_dict`, by name."
     return {cb.name: cb for cb in learn.cbs if cb is not but and callable(getattr(type(cb), 'state_dict', None))}
 
+def _num_workers(dls) -> int:
+    "The number of loader processes of the training `DataLoader` of `dls` (under `RankDL` too)."
+    dl = getattr(dls.train, 'dl', dls.train)
+    return getattr(getattr(dl, 'fake_l', None), 'num_workers', 0)
+
 # %% ../nbs/08_run.ipynb #78bc8454
 class RunCheckpoint(Callback):
     """Write the run's whole state atomically to `run_dir/checkpoint.pth` after every epoch (rank 0) with the model cards `card`
@@ -279,7 +361,7 @@ class RunCheckpoint(Callback):
     order = TrackerCallback.order + 1           # after the Recorder (50) and the trackers (60) have the epoch's values
     def __init__(self, run_dir, config:RunConfig, stop_after=None, card:dict|None=None):
         self.run_dir, self.config, self.stop_after, self.card = Path(run_dir), config, stop_after, card
-        self.start, self.pending, self.history, self.elapsed0, self.stopped = 0, None, [], 0., False
+        self.start, self.pending, self.history, self.elapsed0, self.stopped, self.saved = 0, None, [], 0., False, 0
 
     @property
     def elapsed(self): return self.elapsed0 + time.time() - self.t0
@@ -291,12 +373,17 @@ class RunCheckpoint(Callback):
                     **_cards(self.card), model=unwrap(self.model).state_dict(), opt=self.opt.state_dict(),
                     callbacks={n: cb.state_dict() for n, cb in _stateful(self.learn, self).items()},
                     rng=_gather(rng_state(self.loaders)), smooth=(torch.as_tensor(sm.val).detach().cpu(), sm.count),
-                    scaler=scaler.state_dict() if scaler is not None else None, history=self.history, elapsed=self.elapsed)
+                    scaler=scaler.state_dict() if scaler is not None else None, history=self.history, elapsed=self.elapsed,
+                    workers=_num_workers(self.dls))
 
     def load_state_dict(self, state:dict):
         "Restore a `state_dict` into the learner: model, optimizer, callbacks now; RNGs, smoothed loss and scaler when fitting resumes."
         if state.get('format') != 'adpd-run': raise TrainError(f"{self.run_dir}: not an adpd_train checkpoint")
         learn, dev = self.learn, self.learn.dls.device or 'cpu'
+        w, now = state.get('workers'), _num_workers(learn.dls)
+        if w is not None and w != now:            # each loader process draws its own augmentations: another count, other numbers
+            raise TrainError(f"{self.run_dir / 'checkpoint.pth'}: the run was trained with --workers {w}, this one has {now}; "
+                             f"resume with --workers {w} (the augmentations depend on the number of loader processes)")
         learn.model.to(dev)
         unwrap(learn.model).load_state_dict(state['model'])
         if learn.opt is None: learn.create_opt()
@@ -306,6 +393,7 @@ class RunCheckpoint(Callback):
         if saved.keys() != cbs.keys(): raise TrainError(f"{self.run_dir}: checkpoint has the state of callbacks {sorted(saved)}, this run has {sorted(cbs)}")
         for n, cb in cbs.items(): cb.load_state_dict(_to_device(saved[n], dev))
         self.start, self.pending, self.history, self.elapsed0 = state['epoch'], state, list(state['history']), state['elapsed']
+        self.saved = self.start
 
     def before_fit(self):
         self.loaders, self.t0 = [getattr(dl, 'dl', dl) for dl in self.dls.loaders], time.time()   # the fastai loaders, under RankDL too
@@ -332,7 +420,8 @@ class RunCheckpoint(Callback):
         self.history.append(dict(epoch=self.epoch, **dict(zip(names, vals))))
         state = self.state_dict()
         check_finite(state['model'], self.run_dir / 'checkpoint.pth')
-        if rank_distrib() == 0: atomic_save(state, self.run_dir / 'checkpoint.pth')
+        if rank_distrib() == 0: save_verified(state, self.run_dir / 'checkpoint.pth')
+        self.saved = self.epoch + 1
         if self.stop_after and self.epoch + 1 >= self.stop_after and self.epoch + 1 < self.n_epoch:
             self.stopped = True
             raise CancelFitException()
@@ -355,13 +444,69 @@ class RunLog(CSVLogger):
         self.file.flush(); os.fsync(self.file.fileno())
         self.old_logger(log)
 
+# %% ../nbs/08_run.ipynb #1ec58aae
+LOGGERS = ('tensorboard', 'wandb')
+
+def check_logs(logs):
+    "`--log`: each of `logs` a kind of `LOGGERS` whose package is installed (`MissingExtra` naming the `log` extra otherwise)."
+    for k in logs:
+        if k not in LOGGERS: raise TrainError(f"--log {k}: choose from {', '.join(LOGGERS)}")
+        require(k, f'--log {k}', 'log')
+    return tuple(logs)
+
+class TensorBoardScalars:
+    "TensorBoard event files in `folder`, opened at the first step written (`purge_step`: events of that step and later, left by a killed attempt, are dropped)."
+    def __init__(self, folder): self.folder, self.w = Path(folder), None
+    def write(self, values:dict, step:int):
+        if self.w is None:
+            require('tensorboard', '--log tensorboard', 'log')
+            from torch.utils.tensorboard import SummaryWriter
+            self.w = SummaryWriter(str(self.folder), purge_step=step)
+        for k, v in values.items(): self.w.add_scalar(k, v, step)
+        self.w.flush()
+    def close(self):
+        if self.w is not None: self.w.close(); self.w = None
+
+class WandbScalars:
+    "A Weights & Biases run for `folder`'s run: its id is kept in `folder/id`, so that a resumed run continues it (wandb ignores a step it has)."
+    def __init__(self, folder, name='', config=None): store_attr(); self.run = None
+    def write(self, values:dict, step:int):
+        if self.run is None:
+            wandb, f = require('wandb', '--log wandb', 'log'), Path(self.folder) / 'id'
+            if not f.is_file(): atomic_write_text(f, os.urandom(4).hex())
+            self.run = wandb.init(id=f.read_text().strip(), resume='allow', dir=str(self.folder), name=self.name or None, config=self.config)
+        self.run.log(dict(values, epoch=step), step=step)
+    def close(self):
+        if self.run is not None: self.run.finish(); self.run = None
+
+def live_writers(logs, run_dir, config:RunConfig|None=None) -> list:
+    "The writers of the live curves `logs` (`Runtime.log`) of the run in `run_dir`: TensorBoard in `run_dir/tb`, wandb in `run_dir/wandb`."
+    run_dir = Path(run_dir)
+    make = dict(tensorboard=lambda: TensorBoardScalars(run_dir / 'tb'),
+                wandb=lambda: WandbScalars(run_dir / 'wandb', run_dir.name, config.to_dict() if config is not None else None))
+    return [make[k]() for k in check_logs(logs)]
+
+class EpochScalars(Callback):
+    "Write the epoch's recorder row (the columns of `log.csv`, NaN left out) to the live-curve `writers` at step `epoch`, on rank 0, for the epochs trained."
+    order = TrackerCallback.order          # after the Recorder (50) has the epoch's values, before `RunCheckpoint` may stop the fit
+    def __init__(self, writers=()): store_attr(); self.live = False
+    def before_epoch(self): self.live = False
+    def before_train(self): self.live = True        # an epoch that `fit(start_epoch=)` skips never trains
+    def after_epoch(self):
+        if not self.live or rank_distrib() != 0 or hasattr(self.learn, 'lr_finder'): return
+        row = zip(self.recorder.metric_names[1:-1], self.recorder.values[-1])
+        vals = {k: float(v) for k, v in row if v is not None and not math.isnan(float(v))}
+        for w in self.writers: w.write(vals, self.epoch)
+    def close(self):
+        for w in self.writers: w.close()
+
 # %% ../nbs/08_run.ipynb #ad98cd83
 class FiniteLossGuard(Callback):
     "Stop training with a `TrainError` at the first non-finite training loss, before its update, naming the epoch, the batch and the term."
     order, run_valid = DistillCallback.order + 1, False      # after_loss: once the KD loss has made the loss, before backward and step
     def after_loss(self):
         if not self.training or getattr(self.learn, 'lr_finder', None): return
-        loss = self.learn.loss_grad
+        loss = self.learn.loss_grad.detach()
         ok = torch.isfinite(loss).all().float()
         if num_distrib() > 1: torch.distributed.all_reduce(ok, torch.distributed.ReduceOp.MIN)   # every process stops together
         if bool(ok): return                              # one sync per batch: cheap beside a pose model's forward pass
@@ -379,35 +524,53 @@ class FiniteLossGuard(Callback):
         d = getattr(self.learn, 'distill', None)                 # the DistillCallback, when the run distils
         last = getattr(d, 'kd_loss', None).last if isinstance(d, DistillCallback) else {}
         got = {k: v for k, v in last.items() if k in ('pose', 'kd') or k.endswith(('_train_pose', '_train_kd'))}   # a cohort's per member
-        return got or dict(pose=self.learn.loss_grad)
+        return got or dict(pose=self.learn.loss_grad.detach())
 
 _TERMS = dict(pose='the ground-truth MSE term', kd='the KD term')
 
 # %% ../nbs/08_run.ipynb #51860150
+class Interrupted(KeyboardInterrupt):
+    "Ctrl-C while a run trains; the message says up to which epoch the run is safe and how to continue (`adpd_train` prints it, exits 130)."
+    def __init__(self, msg=''): super().__init__(msg); self.msg = str(msg)
+    def __str__(self): return self.msg
+
+def _interrupted(ck:RunCheckpoint, n) -> str:
+    "What an interrupted run says: the last epoch checkpointed, or that nothing was."
+    if ck.saved: return (f"interrupted after epoch {ck.saved}/{n}; the last checkpoint ({ck.run_dir / 'checkpoint.pth'}) is intact; "
+                         "continue with --resume")
+    return f"interrupted in epoch 1/{n}, before the first checkpoint; nothing to resume: run the command again to start"
+
 def _resume_state(path):
-    "The checkpoint `path` to resume from; if it cannot be read, a `TrainError` that says the run's other files are untouched."
+    "The checkpoint `path` to resume from (its checksum checked); if it cannot be read, a `TrainError` that says the run's other files are untouched."
     path = Path(path)
-    try: return load_checkpoint(path)
+    try: return load_verified(path)
     except TrainError as e:
         others = ', '.join(sorted(p.name for p in path.parent.iterdir() if p.is_file() and p != path and not p.name.startswith('.'))) or 'none'
         raise TrainError(f"{e}; cannot resume from it. The run's other files ({others}) are untouched: restore {path.name}, or delete "
                          f"it and run without --resume to start again from epoch 0") from None
 
-def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, cbs=(), card=None) -> RunCheckpoint:
+def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_after=None, cbs=(), card=None, log=()) -> RunCheckpoint:
     """Fit `learn` as the run `config` in `run_dir` (CSV log, checkpoint every epoch carrying `card`), continuing `resume_from`
-    exactly (nothing left to train if it is the last epoch's); the `RunCheckpoint`."""
+    exactly (nothing left to train if it is the last epoch's), with the live curves `log` (`live_writers`); the `RunCheckpoint`.
+    Ctrl-C is an `Interrupted` that says which checkpoint is intact (`atomic_write` leaves no partial file)."""
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_tmp(run_dir)
-    ck, log = RunCheckpoint(run_dir, config, stop_after, card), RunLog(run_dir / 'log.csv')
-    cbs = [ck, schedule_cb(config.schedule, learn.lr, config.lr_steps, config.lr_factor), FiniteLossGuard(), *cbs] + ([log] if rank_distrib() == 0 else [])
+    ck, csv = RunCheckpoint(run_dir, config, stop_after, card), RunLog(run_dir / 'log.csv')
+    live = EpochScalars(live_writers(log, run_dir, config) if rank_distrib() == 0 else [])
+    cbs = [ck, schedule_cb(config.schedule, learn.lr, config.lr_steps, config.lr_factor), FiniteLossGuard(), live, *cbs] + ([csv] if rank_distrib() == 0 else [])
     with learn.added_cbs(cbs):                   # every callback of the run is there when its state is loaded
         if resume_from is not None: ck.load_state_dict(_resume_state(resume_from))
-        log.keep, ck.t0 = ck.start, time.time()
-        if ck.start < config.epochs:
-            with maybe_distrib(learn), warnings.catch_warnings():
-                warnings.filterwarnings('ignore', message='.*(upsample_bilinear2d|not a multiple).*')
-                learn.fit(config.epochs, learn.lr, start_epoch=ck.start)
+        csv.keep, ck.t0 = ck.start, time.time()
+        try:
+            if ck.start < config.epochs:
+                with maybe_distrib(learn), warnings.catch_warnings():
+                    warnings.filterwarnings('ignore', message='.*(upsample_bilinear2d|not a multiple).*')
+                    learn.fit(config.epochs, learn.lr, start_epoch=ck.start)
+        except KeyboardInterrupt:
+            clean_tmp(run_dir)
+            raise Interrupted(_interrupted(ck, config.epochs)) from None
+        finally: live.close()
     return ck
 
 # %% ../nbs/08_run.ipynb #bba2445b
@@ -438,7 +601,7 @@ def _say_digest(name, model, kd_loss, w0):
 
 # %% ../nbs/08_run.ipynb #5ee90f43
 class MemberBest(Callback):
-    """Write each member's `best.pth` (a standalone student, in its folder) when its own monitored column improves: `<monitor>` in a
+    """Write each member's `best.pth` (a standalone student, in its folder, its sha256 in `checksums.json`) when its own monitored column improves: `<monitor>` in a
     single run, `<name>_<monitor>` in a cohort. `members`: `{name: (model, folder)}`."""
     order = TrackerCallback.order          # after the Recorder (50) has the epoch's values, before `RunCheckpoint` saves this state
     def __init__(self, members:dict, monitor='valid_loss', prefix=False):
@@ -456,7 +619,7 @@ class MemberBest(Callback):
             if rank_distrib() == 0:
                 sd, f = m.state_dict(), Path(folder) / 'best.pth'
                 check_finite(sd, f)
-                atomic_save(sd, f)
+                save_checked(sd, f)
         self.next = self.epoch + 1
 
     def state_dict(self) -> dict: return dict(best=self.best, best_epoch=self.best_epoch, next=self.next)
@@ -571,16 +734,16 @@ class Run:
         card = {n: cd.to_dict() for n, cd in self.cards.items() if cd is not None}
         set_seed(c.seed)
         with (contextlib.nullcontext() if rt.bar else learn.no_bar()):
-            self.ck = fit_run(learn, self.run_dir, c, self.resume_from, rt.stop_after, cbs=[self.best], card=card)
+            self.ck = fit_run(learn, self.run_dir, c, self.resume_from, rt.stop_after, cbs=[self.best], card=card, log=rt.log)
         return self
 
     def _finish_member(self, n, m) -> MemberResult:
-        "Rank 0: member `n`'s `final.pth` (refusing non-finite weights), its metrics by `evaluate`, its `card.json` with them."
+        "Rank 0: member `n`'s `final.pth` (refusing non-finite weights; its sha256 in `checksums.json`), its metrics by `evaluate`, its `card.json` with them."
         folder, r = self.folders[n], dict(kd=self.kinds[n], folder=str(self.folders[n]), params=n_params(m),
                                           best=self.best.best.get(n), best_epoch=self.best.best_epoch.get(n))
         if self.ck.stopped: return MemberResult(**r)
         check_finite(m.state_dict(), folder / 'final.pth')
-        atomic_save(m.state_dict(), folder / 'final.pth')
+        save_checked(m.state_dict(), folder / 'final.pth')
         if self.evaluate is not None:
             t = time.time()
             r.update(metrics=_plain(self.evaluate(m)), eval_time=round(time.time() - t, 1))

@@ -61,16 +61,21 @@ def _common(p, cfg):
     """Flags every command has: the run (not part of its identity but --seed and --precision) and the distillation settings.
     The config's flags have no argparse default (`SUPPRESS`): the config dataclass `cfg` declares them, and only the flags
     given reach it (the help shows `cfg`'s values)."""
+    from adpd.run import LOGGERS
     S, ws = argparse.SUPPRESS, lambda w: ','.join(f'{x:g}' for x in w)
     g = p.add_argument_group('run')
     g.add_argument('--out', help='run folder (default: runs/<command>...)')
-    g.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint (or finish a finished one again)')
+    g.add_argument('--resume', nargs='?', const=True, default=False, choices=('auto',),
+                   help='continue the run in --out from its last checkpoint (or finish a finished one again); --resume auto: '
+                        'continue if there is a checkpoint, else start (for requeued jobs: the same command line every time)')
     g.add_argument('--stop-after', type=POS_INT, metavar='N', help='stop cleanly after epoch N (checkpoint written); continue with --resume')
     g.add_argument('--seed', type=int, default=S, help=f"random seed ({_default(cfg, 'seed') if hasattr(cfg, 'seed') else 'demo: use --seeds'})")
     g.add_argument('--workers', type=NONNEG_INT, help='data loader processes (default: 0 on CPU, min(8, cores) on GPU)')
     g.add_argument('--threads', type=POS_INT, help='torch CPU threads (default: the cores, shared out among the processes)')
     g.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default=S, help=f"mixed precision (GPU; {_default(cfg, 'precision')})")
     g.add_argument('--no-bar', action='store_true', help='no progress bars')
+    g.add_argument('--log', action='append', choices=LOGGERS, help="live curves of every column of log.csv, per epoch "
+                   "(repeat for both): tensorboard (event files in the run folder's tb/), wandb; needs the 'log' extra")
     k = p.add_argument_group('distillation')
     k.add_argument('--alpha', type=UNIT, default=S, help=f"weight of the KD loss: (1-alpha)·MSE + alpha·KD ({_default(cfg, 'alpha')})")
     k.add_argument('--T', type=POS, default=S, help=f"softmax temperature of the heatmaps ({_default(cfg, 'T')})")
@@ -162,7 +167,7 @@ _SHIP_FLAGS = {'seed', 'precision', 'lr', 'bs', 'n_images'}    # what --train-te
 def config_from_args(a):
     "The frozen config of the command `a.cmd` from parsed flags `a` (a `TrainError` for a flag it would not use), and the `Runtime`."
     import torch
-    from adpd.run import Runtime, TrainError
+    from adpd.run import Runtime, TrainError, check_logs
     from adpd.recipes import DemoConfig, QUICK, RecipeConfig, ShipConfig, recipe_config, ship_config
     given = lambda cls: {f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if getattr(a, f.name, None) is not None}
     if a.cmd == 'demo':
@@ -187,7 +192,8 @@ def config_from_args(a):
     cuda = torch.cuda.is_available()
     rt = Runtime(out=str(Path(a.out or out).expanduser().absolute()), resume=a.resume, stop_after=a.stop_after,
                  workers=a.workers if a.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0),
-                 threads=a.threads, device='cuda' if cuda else 'cpu', bar=not a.no_bar)
+                 threads=a.threads, device='cuda' if cuda else 'cpu', bar=not a.no_bar,
+                 log=check_logs(a.log or ()))
     return cfg, rt
 
 # %% ../nbs/09_train.ipynb #9343e9c2
@@ -201,7 +207,7 @@ def _threads(n=None):
 
 def _train(a, argv) -> int:
     "Run the command of the parsed flags `a` (`argv`, for the model cards); an error of a DataLoader worker as one line."
-    from adpd.run import TrainError, init_distributed, check_resume
+    from adpd.run import TrainError, init_distributed, check_resume, auto_resume
     from adpd.data import ImageError
     from adpd.recipes import run_demo, run_recipe, train_shipped, bench_data
     try:
@@ -210,6 +216,7 @@ def _train(a, argv) -> int:
         cfg, rt = config_from_args(a)
         rt = dataclasses.replace(rt, command=shlex.join(['adpd_train', *(sys.argv[1:] if argv is None else argv)]),
                                  **({} if device is None else dict(device=str(device))))
+        if rt.resume == 'auto': rt = dataclasses.replace(rt, resume=auto_resume(rt.out))
         if a.cmd != 'demo': run_recipe(cfg, rt)
         elif isinstance(cfg, tuple):
             if rt.resume: check_resume(rt.out)     # the stages below may each not have started yet
@@ -220,7 +227,8 @@ def _train(a, argv) -> int:
         raise TrainError(re.sub(r'^[\w.]*Error: ', '', str(e).strip().splitlines()[-1])) from None
 
 def main(argv=None) -> int:
-    "`adpd_train` (also `python -m adpd.train`): parse `argv`, run the command; 0 on success, 2 on a user error (`adpd.core.UserError`)."
+    """`adpd_train` (also `python -m adpd.train`): parse `argv`, run the command; 0 on success, 2 on a user error (`adpd.core.UserError`),
+    130 on Ctrl-C (one line: what is safe, how to continue)."""
     if 'torch' not in sys.modules: os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # read once, when torch loads
     from adpd.core import cli_main, quiet_import   # here, not at the top: torch loads after OMP_WAIT_POLICY is set
     with quiet_import():
@@ -228,6 +236,9 @@ def main(argv=None) -> int:
         from adpd.run import num_distrib
         a = make_parser().parse_args(argv)
         try: return cli_main('adpd_train', _train, a, argv)
+        except KeyboardInterrupt as e:            # `adpd.run.Interrupted` in training says which checkpoint is intact
+            print(f"adpd_train: {e or 'interrupted; the files written so far are intact; continue with --resume'}", file=sys.stderr)
+            return 130
         finally:
             if num_distrib() > 1 and dist.is_initialized(): dist.destroy_process_group()
 

@@ -129,7 +129,6 @@ def test_images_over_the_pixel_limit_name_the_file(tmp_path, coco_tiny, mpii_tin
 def test_corrupt_jpegs_are_found_by_the_right_thread(tmp_path, coco_tiny, capfd):
     "Decoding threads each hear only their own file's libjpeg warnings, and the process keeps its stderr."
     from concurrent.futures import ThreadPoolExecutor
-    from adpd.data import private_fds
     files = []
     for k, src in enumerate(sorted((coco_tiny / 'images').glob('*.jpg'))):
         files += [(shutil.copy(src, tmp_path / f'ok{k}.jpg'), False), (corrupt(src, tmp_path / f'bad{k}.jpg', 'damage'), True)]
@@ -137,7 +136,7 @@ def test_corrupt_jpegs_are_found_by_the_right_thread(tmp_path, coco_tiny, capfd)
         f, bad = f_bad
         try: read_image(f); return not bad
         except ValueError as e: return bad and str(f) in str(e)
-    with ThreadPoolExecutor(3, initializer=private_fds) as ex: ok = list(ex.map(named_iff_bad, files * 20))
+    with ThreadPoolExecutor(3) as ex: ok = list(ex.map(named_iff_bad, files * 20))
     assert all(ok) and all(map(named_iff_bad, files))
     import os; os.write(2, b'fd 2 still reaches stderr\n')
     assert 'fd 2 still reaches stderr' in capfd.readouterr().err

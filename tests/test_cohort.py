@@ -5,7 +5,7 @@ from fastai.callback.training import ShortEpochCallback
 from fastai.torch_core import set_seed
 from adpd.learner import distill_cohort, distill_learner
 from adpd.losses import DKDLoss, make_kd_loss, KD_KINDS
-from adpd.core import COCO17
+from adpd.core import COCO17, sha256
 from adpd.models import TinyPoseNet, ModelCard
 from adpd.run import CohortConfig, Runtime, Run
 from adpd.testing import synth_dls
@@ -135,7 +135,8 @@ def test_cohort_run_resumes_exactly_and_saves_standalone_students(tmp_path, data
         assert all(torch.equal(a[k], b[k]) for k in a), n
         assert rs.members[n].best == rr.members[n].best and rs.members[n].metrics == dict(AP=.5)
         d = tmp_path / 'straight' / n
-        assert sorted(p.name for p in d.iterdir()) == ['best.pth', 'card.json', 'final.pth']
+        assert sorted(p.name for p in d.iterdir()) == ['best.pth', 'card.json', 'checksums.json', 'final.pth']
+        assert json.loads((d / 'checksums.json').read_text()) == {f: [sha256(d / f)] for f in ('best.pth', 'final.pth')}
         card = json.loads((d / 'card.json').read_text())
         assert card['arch'] == 'tiny-w8' and card['metrics'] == dict(AP=.5)
         s = load_student(d / 'final.pth')                     # a standalone student: load, predict

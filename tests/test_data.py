@@ -88,6 +88,18 @@ def test_augmented_joints_agree_with_warped_blobs(tmp_path, seed):
             assert abs(yx[1] / 4 - float(j[k, 0])) * 4 <= tol and abs(yx[0] / 4 - float(j[k, 1])) * 4 <= tol, (trial, k, aug)
     assert checked > 30
 
+def test_jpeg_pixels_are_opencvs_exactly(coco_tiny, tmp_path):
+    "simplejpeg (libjpeg-turbo, slow DCT, smooth upsampling) gives cv2.imdecode's pixels, in full and DCT-scaled."
+    from adpd.synthetic import make_synthetic_coco
+    make_synthetic_coco(tmp_path, 4, seed=0)
+    files = sorted((coco_tiny / 'images').glob('*.jpg')) + sorted(tmp_path.rglob('*.jpg'))
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+    assert len(files) >= 8
+    for f in files:
+        for r, fl in flags.items():
+            ref = cv2.imdecode(np.fromfile(f, np.uint8), fl | cv2.IMREAD_IGNORE_ORIENTATION)
+            assert np.array_equal(read_image(f, r), ref), (f, r)
+
 def test_reduced_decode_matches_full_decode(coco_tiny):
     ds = CocoKeypoints(coco_tiny / ANN, coco_tiny / 'images', train=False, fast_decode=True)
     slow = CocoKeypoints(coco_tiny / ANN, coco_tiny / 'images', train=False)        # exact: the default

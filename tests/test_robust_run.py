@@ -1,5 +1,5 @@
 "Run folders under stress: broken or missing checkpoints on --resume, a full disk, a non-finite loss, a finished run resumed with files missing."
-import errno, json, re, shutil
+import errno, json, os, re, shutil
 from pathlib import Path
 import pytest, torch
 from fastai.callback.core import Callback
@@ -44,7 +44,7 @@ def test_resume_needs_a_run_to_resume(synth, finished, tmp_path, capsys):
     before = snapshot(out)
     assert main(coco_args(synth, out, '--resume')) == 2
     err = capsys.readouterr().err
-    assert f'{out} has best.pth, card.json, config.json, keypoints_val_results.json, log.csv but no checkpoint.pth; nothing to resume' in err, err
+    assert f'{out} has best.pth, card.json, checksums.json, config.json, keypoints_val_results.json, log.csv but no checkpoint.pth; nothing to resume' in err, err
     assert snapshot(out) == before                       # best.pth not overwritten by a fresh start
 
 def test_demo_resume_needs_a_run_to_resume(tmp_path, capsys):
@@ -140,7 +140,7 @@ def test_checkpoint_writer_refuses_non_finite_weights(tmp_path):
     assert torch.isfinite(load_checkpoint(run / 'checkpoint.pth')['model']['final_layer.weight']).all()
 
 def test_nan_teacher_from_the_command_line(synth, tmp_path, capsys):
-    "A teacher checkpoint full of NaNs: the first batch stops the run, exit 2, the message names the KD term."
+    "A teacher checkpoint full of NaNs is refused when read (before any training), exit 2, one line naming the flag and the file."
     sd = create_pose_model('tiny-w16').state_dict()
     sd['final_layer.weight'][:] = float('nan')
     torch.save(sd, synth / 'nan_teacher.pth')
@@ -148,7 +148,8 @@ def test_nan_teacher_from_the_command_line(synth, tmp_path, capsys):
     capsys.readouterr()
     assert main(coco_args(synth, out, teacher='nan_teacher.pth')) == 2
     err = capsys.readouterr().err
-    assert re.search(r'non-finite training loss \(nan\) in epoch 1/2, batch 1/\d+: the KD term \(kd\) is nan', err) and 'Traceback' not in err, err
+    assert err.startswith(f"adpd_train: error: --teacher-weights: checkpoint {synth / 'nan_teacher.pth'}: ") and 'NaN' in err, err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err       # the run layer passes the loader's error on as it is
     assert not (out / 'checkpoint.pth').exists() and not (out / 'final.pth').exists()
 
 # ---------------------------------------------------------------- a finished run resumed
@@ -164,3 +165,123 @@ def test_finished_run_resumed_is_finished_again(damage, synth, finished, tmp_pat
     assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
     r0, r1 = (json.loads((d / 'results.json').read_text()) for d in (finished, out))
     assert r1['epochs'] == 2 and r1['history'] == r0['history'] and r1['metrics'] == pytest.approx(r0['metrics'])
+
+# ---------------------------------------------------------------- a run folder that cannot be written
+@pytest.mark.parametrize('how', ['chmod', 'read-only file system'])
+def test_unwritable_run_folder_is_one_line(how, synth, tmp_path, capsys, monkeypatch):
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    out = ro / 'run'
+    if how == 'chmod':
+        if os.geteuid() == 0: pytest.skip('running as root: chmod 0o555 does not stop root writing (the EROFS case covers it)')
+        ro.chmod(0o555)
+    else:
+        import adpd.core
+        def erofs(*a, **k): raise OSError(errno.EROFS, 'Read-only file system', str(out))
+        monkeypatch.setattr(adpd.core.tempfile, 'mkstemp', erofs)
+    try:
+        capsys.readouterr()
+        assert main(coco_args(synth, out)) == 2
+    finally: ro.chmod(0o755)
+    err = capsys.readouterr().err
+    strerror = 'Permission denied' if how == 'chmod' else 'Read-only file system'
+    assert err == f"adpd_train: error: {out}: cannot write there ({strerror}); choose another --out\n", err
+
+def test_resume_on_a_read_only_file_system_is_one_line(synth, finished, tmp_path, capsys, monkeypatch):
+    "A run folder that became read-only (a mount remounted ro): --resume stops before training, naming it; nothing changes."
+    import adpd.core
+    out = copy_run(finished, tmp_path / 'run')
+    (out / 'results.json').unlink()
+    before = snapshot(out)
+    def erofs(*a, **k): raise OSError(errno.EROFS, 'Read-only file system')
+    monkeypatch.setattr(adpd.core.tempfile, 'mkstemp', erofs)
+    capsys.readouterr()
+    assert main(coco_args(synth, out, '--resume')) == 2
+    assert capsys.readouterr().err == f"adpd_train: error: {out}: cannot write there (Read-only file system); choose another --out\n"
+    assert snapshot(out) == before
+
+# ---------------------------------------------------------------- Ctrl-C
+def ctrl_c_at(monkeypatch, epoch, batch):
+    "Make the training loop raise KeyboardInterrupt at (epoch, batch), as Ctrl-C does."
+    from adpd.run import FiniteLossGuard
+    real = FiniteLossGuard.after_loss
+    def after_loss(self):
+        if self.training and (self.epoch, self.iter) == (epoch, batch): raise KeyboardInterrupt
+        return real(self)
+    monkeypatch.setattr(FiniteLossGuard, 'after_loss', after_loss)
+
+def test_ctrl_c_is_one_line_and_the_run_resumes_exactly(synth, finished, tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'run'
+    ctrl_c_at(monkeypatch, 1, 1)
+    capsys.readouterr()
+    assert main(coco_args(synth, out)) == 130
+    err = capsys.readouterr().err
+    assert err == (f"adpd_train: interrupted after epoch 1/2; the last checkpoint ({out / 'checkpoint.pth'}) is intact; "
+                   "continue with --resume\n"), err
+    assert load_checkpoint(out / 'checkpoint.pth')['epoch'] == 1 and not list(out.glob('.*.tmp')) and not (out / 'final.pth').exists()
+    monkeypatch.undo()
+    assert main(coco_args(synth, out, '--resume')) == 0
+    ref, sd = (torch.load(d / 'final.pth', weights_only=True) for d in (finished, out))
+    assert all(torch.equal(sd[k], ref[k]) for k in ref)
+
+def test_ctrl_c_before_the_first_checkpoint_and_while_writing_one(synth, tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'run'
+    ctrl_c_at(monkeypatch, 0, 1)
+    capsys.readouterr()
+    assert main(coco_args(synth, out)) == 130
+    assert capsys.readouterr().err == ("adpd_train: interrupted in epoch 1/2, before the first checkpoint; nothing to resume: "
+                                       "run the command again to start\n")
+    monkeypatch.undo()
+    assert main(coco_args(synth, out, '--stop-after', '1')) == 0        # the folder holds config and log only: the run starts
+    good, real_save = (out / 'checkpoint.pth').read_bytes(), torch.save
+    def ctrl_c_in_save(obj, f, *a, **k):
+        if isinstance(obj, dict) and obj.get('format') == 'adpd-run': f.write(b'PK\x03\x04 part'); raise KeyboardInterrupt
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, 'save', ctrl_c_in_save)
+    assert main(coco_args(synth, out, '--resume')) == 130
+    assert 'interrupted after epoch 1/2; the last checkpoint' in capsys.readouterr().err
+    assert (out / 'checkpoint.pth').read_bytes() == good and not list(out.glob('.*.tmp'))
+
+# ---------------------------------------------------------------- --workers on resume
+def test_resume_with_another_worker_count_is_refused(synth, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main(coco_args(synth, out, '--stop-after', '1')) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(coco_args(synth, out, '--resume', '--workers', '1')) == 2
+    err = capsys.readouterr().err
+    assert err == (f"adpd_train: error: {out / 'checkpoint.pth'}: the run was trained with --workers 0, this one has 1; resume with "
+                   "--workers 0 (the augmentations depend on the number of loader processes)\n"), err
+    assert snapshot(out) == before
+    assert main(coco_args(synth, out, '--resume', '--workers', '0')) == 0
+
+# ---------------------------------------------------------------- --resume auto (requeued jobs)
+def test_resume_auto_starts_continues_and_finishes_again(synth, finished, tmp_path, capsys):
+    out = tmp_path / 'run'
+    job = coco_args(synth, out, '--resume', 'auto', '--stop-after', '1')        # the same command line every time
+    capsys.readouterr()
+    assert main(job) == 0 and load_checkpoint(out / 'checkpoint.pth')['epoch'] == 1
+    assert f'--resume auto: nothing to resume, starting the run in {out}' in capsys.readouterr().out
+    assert main(job) == 0 and (out / 'results.json').is_file()
+    assert f'--resume auto: continuing the run in {out}' in capsys.readouterr().out
+    ref, sd = (torch.load(d / 'final.pth', weights_only=True) for d in (finished, out))
+    assert all(torch.equal(sd[k], ref[k]) for k in ref)
+    (out / 'final.pth').unlink()
+    assert main(job) == 0 and (out / 'final.pth').is_file()          # finished: finished again from its checkpoint
+
+# ---------------------------------------------------------------- a checkpoint damaged after it was written
+def test_flipped_bytes_in_a_checkpoint_are_caught(synth, finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / 'run')
+    (out / 'results.json').unlink()
+    ck = out / 'checkpoint.pth'
+    w = load_checkpoint(ck)['model']['final_layer.weight']
+    raw = bytearray(ck.read_bytes()); i = raw.find(w.numpy().tobytes())
+    assert i > 0
+    raw[i + 5] ^= 0x40; ck.write_bytes(raw)
+    assert not torch.equal(torch.load(ck, weights_only=True)['model']['final_layer.weight'], w)    # it still loads
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(coco_args(synth, out, '--resume')) == 2
+    err = capsys.readouterr().err
+    assert f'{ck}: its contents do not match the checksum written with it' in err and 'untouched' in err and 'Traceback' not in err, err
+    assert len(err.strip().splitlines()) == 1 and snapshot(out) == before

@@ -13,13 +13,14 @@ from torch import nn
 from ..core import COCO17, MPII16, KeypointSpec, MissingFile, UserError, atomic_write_text, require, parse_size, sha256, size_str, spec_from_coco_category
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 from .arch import COLORS, joint_params
-from .create import create_pose_model, load_pose_checkpoint, read_checkpoint, read_state_dict
+from .create import (checkpoint_problem, create_pose_model, load_pose_checkpoint, read_checkpoint, read_state_dict,
+                                refuse_nonfinite)
 
 # %% auto #0
 __all__ = ['CARD_FORMAT', 'CARD_VERSION', 'CARD_FILE', 'ONNX_CARD_KEY', 'TS_CARD_FILE', 'WEIGHTS', 'RUN_WEIGHTS', 'LEGACY_BENCH',
-           'spec_to_dict', 'spec_from_dict', 'InputError', 'CardError', 'spec_for', 'data_provenance', 'ModelCard',
-           'write_card', 'read_card', 'ExportedModel', 'legacy_card', 'PoseModel', 'find_weights', 'model_joints',
-           'load_pose_model']
+           'spec_to_dict', 'spec_from_dict', 'InputError', 'CardError', 'out_problem', 'spec_for', 'data_provenance',
+           'ModelCard', 'write_card', 'read_card', 'ExportedModel', 'legacy_card', 'PoseModel', 'find_weights',
+           'model_joints', 'load_pose_model']
 
 # %% ../../nbs/03d_models.card.ipynb #3ce7e2c9
 _SPEC_FIELDS = ('name', 'names', 'skeleton', 'sigmas', 'flip_pairs', 'upper', 'joint_weights')
@@ -45,6 +46,13 @@ class InputError(UserError, ValueError):
 
 class CardError(InputError):
     "A model card that cannot be read: not json, another format, a newer version, a missing or wrong field; the message names the file."
+
+def out_problem(path, folder:bool=False) -> str|None:
+    "Why a command cannot write the file (`folder`: the folder) `path`: it is a folder (a file), or a file stands where a folder of its path must be; else None."
+    p = Path(path)
+    if p.exists() and p.is_dir() != folder: return f"{p} is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}"
+    above = next((q for q in p.parents if q.exists()), None)
+    return f"{above} is a file, not a folder" if above is not None and not above.is_dir() else None
 
 def spec_for(K:int, spec:KeypointSpec|None=None, source='model') -> KeypointSpec:
     "`spec`, checked to have `K` keypoints; None: COCO-17 for K = 17, MPII-16 for K = 16, else an error asking for one."
@@ -171,30 +179,55 @@ ONNX_CARD_KEY, TS_CARD_FILE = 'adpd_card', 'adpd_card.json'   # where an exporte
 
 def _ts_card_path(path): return Path(path).with_suffix('.card.json')
 
+def _is_torchscript(f:Path) -> bool:
+    "Is the file `f` a TorchScript archive (a zip with compiled code), rather than a `torch.save` checkpoint?"
+    try:
+        with zipfile.ZipFile(f) as z: return any(n.endswith('/constants.pkl') or '/code/' in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError): return False
+
+def _torch_kind(f:Path) -> str|None:
+    "What the file `f` is if PyTorch wrote it (a TorchScript model, a `torch.save` checkpoint), for a message; else None."
+    if _is_torchscript(f): return 'a TorchScript model (name it .pt)'
+    if checkpoint_problem(f) is None: return "a PyTorch checkpoint (torch.save: weights without the model's code; load_pose_model and --model read it)"
+    return None
+
+def _onnx_weights(path) -> dict:
+    "The initializers `{name: tensor}` of the ONNX file `path` (read with the `onnx` package; {} without it)."
+    try: import onnx; from onnx import numpy_helper
+    except ImportError: return {}
+    return {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(str(path)).graph.initializer}
+
 class ExportedModel(nn.Module):
     """An exported student (`.onnx` through onnxruntime on the CPU, or TorchScript) as a module: `(B, 3, H, W)` → heatmaps `(B, K, h, w)`;
-    `image_size`: the input `(w, h)` (its card's, else the ONNX file's fixed input size, else None); `card`: its `ModelCard` or None."""
+    `image_size`: the input `(w, h)` (its card's, else the ONNX file's fixed input size, else None); `card`: its `ModelCard` or None.
+    A file that is not what its name says raises `InputError`, one whose weights hold NaN or infinity `CheckpointError`, each naming it."""
     def __init__(self, path, threads:int|None=None):
         super().__init__()
-        self.path = Path(path)
-        if not self.path.is_file(): raise MissingFile(f"{self.path}: exported model not found")
-        if self.path.suffix == '.onnx':
+        self.path = p = Path(path)
+        if not p.is_file(): raise MissingFile(f"{p}: exported model not found")
+        if p.suffix == '.onnx':
             ort = require('onnxruntime', 'ExportedModel: reading .onnx')
+            if _torch_kind(p): raise InputError(f"{p}: not an ONNX model: {_torch_kind(p)}")
             so = ort.SessionOptions()
             if threads: so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-            try: self.session = ort.InferenceSession(str(self.path), so, providers=['CPUExecutionProvider'])
-            except Exception as e: raise InputError(f"{self.path}: not an ONNX model onnxruntime can read ({str(e).splitlines()[0][:200]})") from None
+            try: self.session = ort.InferenceSession(str(p), so, providers=['CPUExecutionProvider'])
+            except Exception as e:
+                why = str(e).splitlines()[0].split('failed:')[-1].strip() if p.stat().st_size else 'empty file (0 bytes)'
+                raise InputError(f"{p}: not an ONNX model ({why[:200]})") from None
             self.ts, shape = None, self.session.get_inputs()[0].shape          # ['batch', 3, H, W]
             size = (shape[3], shape[2]) if all(isinstance(v, int) for v in shape[2:]) else None
             raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_CARD_KEY)
+            weights = _onnx_weights(p)
         else:
+            if not _is_torchscript(p): raise InputError(f"{p}: not a TorchScript model: {_torch_kind(p) or checkpoint_problem(p)}")
             extra = {TS_CARD_FILE: ''}
-            try: self.ts = torch.jit.load(str(self.path), map_location='cpu', _extra_files=extra).eval()
-            except RuntimeError as e: raise InputError(f"{self.path}: not a TorchScript model ({str(e).splitlines()[0][:200]})") from None
-            self.session, size = None, None
-            raw = extra[TS_CARD_FILE] or (_ts_card_path(self.path).read_text() if _ts_card_path(self.path).is_file() else None)
-        try: self.card = ModelCard.from_dict(json.loads(raw), f"{self.path} (its card)") if raw else None
-        except json.JSONDecodeError as e: raise CardError(f"{self.path}: its model card is not valid json ({e})") from None
+            try: self.ts = torch.jit.load(str(p), map_location='cpu', _extra_files=extra).eval()
+            except RuntimeError as e: raise InputError(f"{p}: a damaged TorchScript model ({str(e).splitlines()[0][:200]})") from None
+            self.session, size, weights = None, None, self.ts.state_dict()
+            raw = extra[TS_CARD_FILE] or (_ts_card_path(p).read_text() if _ts_card_path(p).is_file() else None)
+        refuse_nonfinite(weights, str(p))
+        try: self.card = ModelCard.from_dict(json.loads(raw), f"{p} (its card)") if raw else None
+        except json.JSONDecodeError as e: raise CardError(f"{p}: its model card is not valid json ({e})") from None
         self.image_size = self.card.image_size if self.card else size
 
     def forward(self, x):
@@ -321,12 +354,6 @@ def _build(arch, sd, f, color=None):
     return m.float().eval()
 
 # %% ../../nbs/03d_models.card.ipynb #ed16c98d
-def _is_torchscript(f:Path) -> bool:
-    "Is the file `f` a TorchScript archive (a zip with compiled code), rather than a `torch.save` checkpoint?"
-    try:
-        with zipfile.ZipFile(f) as z: return any(n.endswith('/constants.pkl') or '/code/' in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError): return False
-
 def model_joints(model:nn.Module, image_size=(192, 256)) -> int:
     "K, the number of heatmaps of `model`: from its joint layer (`joint_params`), else from one forward pass on a zero input of `image_size (w, h)`."
     ps = dict(model.named_parameters())
@@ -354,7 +381,7 @@ def load_pose_model(path, arch:str|None=None, spec:KeypointSpec|None=None, image
     f = find_weights(p) if p.is_dir() else p
     if f.suffix == '.onnx' or _is_torchscript(f): return _load_exported(f, arch, spec, image_size)
     ckpt = read_checkpoint(f)
-    try: sd = read_state_dict(ckpt)
+    try: sd = read_state_dict(ckpt, source=f)
     except (TypeError, KeyError) as e: raise InputError(f"{f}: not a pose model's weights ({e})") from None
     card, why = _weights_card(f, ckpt, sd, spec)
     if card is None and arch is None: raise InputError(why)

@@ -16,8 +16,8 @@ from .arch import (COLORS, TinyPoseNet, joint_params, pose_fpn, pose_hourglass, 
                               pose_torchvision, set_color)
 
 # %% auto #0
-__all__ = ['POSE_MODELS', 'create_pose_model', 'checkpoint_problem', 'CheckpointError', 'read_checkpoint', 'read_state_dict',
-           'load_pose_checkpoint', 'load_imagenet_weights']
+__all__ = ['POSE_MODELS', 'create_pose_model', 'nonfinite', 'checkpoint_problem', 'CheckpointError', 'read_checkpoint',
+           'read_state_dict', 'refuse_nonfinite', 'load_pose_checkpoint', 'load_imagenet_weights']
 
 # %% ../../nbs/03b_models.create.ipynb #61078301
 POSE_MODELS = {
@@ -56,6 +56,16 @@ def create_pose_model(name, num_joints=17, pretrained=None, color=None, **kwargs
     if set(joint_params(model)) <= _to_model_keys(sd, set(model.state_dict())).keys(): load_pose_checkpoint(model, sd, color=color)
     else: load_imagenet_weights(model, sd)
     return model
+
+# %% ../../nbs/03b_models.create.ipynb #899b7ece
+def nonfinite(tensors:Mapping) -> str|None:
+    "What is not finite in the float tensors of `tensors` (`{name: tensor}`): the first bad one, its NaN and infinity counts, how many more; None if all are finite."
+    bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
+    if not bad: return None
+    v = tensors[bad[0]]
+    counts = ' and '.join(f"{n} {w}" for n, w in ((int(v.isnan().sum()), 'NaN'), (int(v.isinf().sum()), 'infinite')) if n)
+    more = f"; so do {len(bad) - 1} more ({', '.join(bad[1:4])}{', …' if len(bad) > 4 else ''})" if len(bad) > 1 else ''
+    return f"tensor {bad[0]} has {counts} values (of {v.numel()}){more}"
 
 # %% ../../nbs/03b_models.create.ipynb #e1f1aefd
 _WRAPPERS = ('state_dict', 'best_state_dict', 'model')
@@ -119,9 +129,10 @@ def _first_line(e):
     lines = [l for l in str(e).splitlines() if l.strip()]
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
-def read_state_dict(src, key=None, weights_only=True):
-    "`{name: tensor}` from a path, state dict, wrapped checkpoint or module; unwraps `state_dict`/`best_state_dict`/`model`, strips `module.`."
-    name, obj = _src_name(src), src
+def read_state_dict(src, key=None, weights_only=True, check=True, source=None):
+    """`{name: tensor}` from a path, state dict, wrapped checkpoint or module; unwraps `state_dict`/`best_state_dict`/`model`, strips `module.`.
+    `check`: `CheckpointError` if a tensor holds NaN or infinity (`nonfinite`); `source`: the file `src` was read from, for the messages."""
+    name, obj = _src_name(src if source is None else source), src
     if isinstance(src, (str, Path)): obj = read_checkpoint(src, weights_only)
     if isinstance(obj, nn.Module): obj = obj.state_dict()
     if not isinstance(obj, Mapping): raise TypeError(f"{name}: expected a dict of tensors, got {type(obj).__name__}")
@@ -138,7 +149,13 @@ def read_state_dict(src, key=None, weights_only=True):
     for k, v in obj.items():
         while k.startswith('module.'): k = k[7:]
         out[k] = v
+    if check: refuse_nonfinite(out, name)
     return out
+
+def refuse_nonfinite(tensors:Mapping, name:str):
+    "`CheckpointError` naming `name` (the weights' file) if a float tensor of `tensors` holds NaN or infinity (see `nonfinite`)."
+    why = nonfinite(tensors)
+    if why: raise CheckpointError(f"{name}: {why}: broken weights (saved by a run that diverged, or damaged); use another checkpoint")
 
 def _mmpose_key(k):
     for p in ('backbone.', 'keypoint_head.', 'head.'):
