@@ -105,7 +105,7 @@ def reduce_factor(zoom:float, fast_decode=False) -> int:
     if not fast_decode: return 1
     return max([f for f in (1, 2, 4, 8) if f * zoom <= 1] or [1])
 
-# %% ../nbs/02_data.ipynb #30a367de
+# %% ../nbs/02_data.ipynb #68cb478a
 def cache_dir() -> Path:
     "Where adpd keeps what it can recompute (`$ADPD_CACHE`, else `$XDG_CACHE_HOME/adpd`, else `~/.cache/adpd`); never inside a data root."
     env = os.environ.get('ADPD_CACHE')
@@ -308,7 +308,7 @@ class CocoKeypoints(TopDownDataset):
         if d is not None and not train: self.coco = _coco_index(d, ann_file)    # parsed anyway: an evaluation dataset keeps it
         del d
         self.cat_id, spec = int(t['cat_id']), spec_from_coco_category(json.loads(str(t['category'])))
-        ix, names, wh, why = t['ix'], t['names'], t['wh'], t['why'].astype(object)
+        ix, names, wh = t['ix'], t['names'], t['wh']
         # image checks, once per image still needed: its size, then (`check_files`) its file
         need = np.unique(ix)
         w, h = wh[need].T
@@ -347,7 +347,7 @@ class CocoKeypoints(TopDownDataset):
     @coco.setter
     def coco(self, c): self._coco, self._coco_loaded = c, True
 
-    _TABLE = 1   # version of the cached table's layout
+    _TABLE = 2   # version of the cached table's layout
 
     def _table(self, det_file, category, det_thr):
         """What the json (and `det_file`) say, as arrays: the candidate rows (`ix` into the images, box, joints, score,
@@ -376,7 +376,7 @@ class CocoKeypoints(TopDownDataset):
         else: ix, box, joints, score, area, why = self._det_rows(det_file, ids, det_thr, cat['id'], K)
         pre = Counter(why[why != ''].tolist()); ok = why == ''
         t.update(ix=ix[ok], box=box[ok], joints=joints[ok].astype(np.float32), score=score[ok], area=area[ok],
-                 why=np.full(ok.sum(), '', '<U1'), pre_why=np.array(list(pre), str).reshape(-1), pre_n=np.array(list(pre.values()), np.int64),
+                 pre_why=np.array(list(pre), str).reshape(-1), pre_n=np.array(list(pre.values()), np.int64),
                  key=np.array(key))
         try: atomic_write(cf, lambda f: np.savez(f, **t))
         except OSError: pass                                   # a read-only cache only costs the next build its time

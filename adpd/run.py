@@ -132,7 +132,7 @@ def save_checked(obj, path):
     data = buf.getvalue()
     new, sums, f = hashlib.sha256(data).hexdigest(), _checksums(path.parent), path.parent / CHECKSUMS
     put = lambda hs: guarded_write(f, lambda: atomic_write_text(f, json.dumps(dict(sums, **{path.name: hs}), indent=1, sort_keys=True)))
-    put(sums.get(path.name, [])[-1:] + [new] if path.is_file() else [new])
+    put([*sums.get(path.name, []), new] if path.is_file() else [new])      # the old file's hash(es) and the new one's
     guarded_write(path, lambda: atomic_write(path, lambda fh: fh.write(data)))
     put([new])
     return path
@@ -444,7 +444,7 @@ class RunLog(CSVLogger):
         self.file.flush(); os.fsync(self.file.fileno())
         self.old_logger(log)
 
-# %% ../nbs/08_run.ipynb #1ec58aae
+# %% ../nbs/08_run.ipynb #683483ca
 LOGGERS = ('tensorboard', 'wandb')
 
 def check_logs(logs):
@@ -601,8 +601,8 @@ def _say_digest(name, model, kd_loss, w0):
 
 # %% ../nbs/08_run.ipynb #5ee90f43
 class MemberBest(Callback):
-    """Write each member's `best.pth` (a standalone student, in its folder, its sha256 in `checksums.json`) when its own monitored column improves: `<monitor>` in a
-    single run, `<name>_<monitor>` in a cohort. `members`: `{name: (model, folder)}`."""
+    """Write each member's `best.pth` (a standalone student, in its folder, its sha256 in `checksums.json`) when its own
+    monitored column improves: `<monitor>` in a single run, `<name>_<monitor>` in a cohort. `members`: `{name: (model, folder)}`."""
     order = TrackerCallback.order          # after the Recorder (50) has the epoch's values, before `RunCheckpoint` saves this state
     def __init__(self, members:dict, monitor='valid_loss', prefix=False):
         store_attr()

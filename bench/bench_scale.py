@@ -221,12 +221,12 @@ def _rows(db, m):
     return type(db)(**{f.name: getattr(db, f.name)[:m] for f in dataclasses.fields(db)})
 
 # --- the orchestration ---------------------------------------------------------------------------------------------
-def child(a, step, **kw):
-    "Run `step` in a fresh process; its result dict."
+def child(a, step, pythonpath=None, **kw):
+    "Run `step` in a fresh process (with `pythonpath` first on its path: an older adpd); its result dict."
     cmd = [sys.executable, __file__, '--_step', step, '--root', str(a.root), '--official', str(a.official),
            '--eval-boxes', str(a.eval_boxes), '--loader-batches', str(a.loader_batches)] + sum([[f'--{k}', str(v)] for k, v in kw.items()], [])
-    env = dict(os.environ, ADPD_CACHE=str(a.cache))
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    env = dict(os.environ, ADPD_CACHE=str(a.cache), **({'PYTHONPATH': str(pythonpath)} if pythonpath else {}))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if p.returncode: sys.exit(f"step {step} {kw} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -238,6 +238,7 @@ def main():
     p.add_argument('--out', type=Path, default=HERE / 'results' / 'scale')
     p.add_argument('--eval-boxes', type=int, default=4096); p.add_argument('--loader-batches', type=int, default=20)
     p.add_argument('--steps', default='build,loader,eval')
+    p.add_argument('--before', type=Path, help='a folder holding an older `adpd/` package (e.g. `git archive COMMIT adpd | tar -x -C DIR`): its build, too')
     p.add_argument('--_step'); p.add_argument('--split', default='train'); p.add_argument('--impl', default='adpd')
     a = p.parse_args()
     if a._step:
@@ -257,6 +258,7 @@ def main():
             add('build', 'official', split, **child(a, 'build', split=split, impl='official'))
             add('build', 'adpd', split + ' (cold cache)', **child(a, 'build', split=split, impl='adpd'))
             add('build', 'adpd', split + ' (warm cache)', **child(a, 'build', split=split, impl='adpd'))
+            if a.before: add('build', 'adpd before', split, **child(a, 'build', a.before, split=split, impl='adpd'))
     if 'loader' in steps:
         for impl in ('official', 'adpd'): add('loader', impl, 'train, batches of 32', **child(a, 'loader', impl=impl))
     if 'eval' in steps: add('eval', 'both', 'val-det', **child(a, 'eval'))
@@ -280,12 +282,15 @@ def write_results(a, desc, rows):
 
 def table(rows, desc):
     "The markdown summary."
-    L = [f"# COCO at COCO's size\n\n{desc}\n", "| step | official HRNet | adpd (cold cache) | adpd (warm cache) |", "|---|---|---|---|"]
+    before = any(r['impl'] == 'adpd before' for r in rows)
+    L = [f"# COCO at COCO's size\n\n{desc}\n", "| step | official HRNet | adpd (cold cache) | adpd (warm cache) |" + (" adpd before |" if before else ''),
+         "|---|---|---|---|" + ("---|" if before else '')]
     b = {(r['impl'], r['what']): r for r in rows if r['step'] == 'build'}
     for split in ('train', 'val', 'val-det'):
         if ('official', split) not in b: continue
         f = lambda r: f"{r['seconds']:.1f} s, {r['peak_rss_mb'] / 1024:.2f} GB peak RSS ({r['samples']} samples)"
-        L.append(f"| build {split} | {f(b['official', split])} | {f(b['adpd', split + ' (cold cache)'])} | {f(b['adpd', split + ' (warm cache)'])} |")
+        L.append(f"| build {split} | {f(b['official', split])} | {f(b['adpd', split + ' (cold cache)'])} | {f(b['adpd', split + ' (warm cache)'])} |"
+                 + (f" {f(b['adpd before', split])} |" if before else ''))
     ld = {r['impl']: r for r in rows if r['step'] == 'loader'}
     if ld: L.append(f"| loader, train, samples/s | {ld['official']['samples_per_s']:.0f} (1 process) | "
                     f"{ld['adpd']['samples_per_s']:.0f} ({ld['adpd']['threads']} decode threads) | |")

@@ -57,7 +57,7 @@ def create_pose_model(name, num_joints=17, pretrained=None, color=None, **kwargs
     else: load_imagenet_weights(model, sd)
     return model
 
-# %% ../../nbs/03b_models.create.ipynb #899b7ece
+# %% ../../nbs/03b_models.create.ipynb #12f7ded7
 def nonfinite(tensors:Mapping) -> str|None:
     "What is not finite in the float tensors of `tensors` (`{name: tensor}`): the first bad one, its NaN and infinity counts, how many more; None if all are finite."
     bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
