@@ -23,16 +23,15 @@ with quiet_import():                  # fastai's modules call torch.jit.script a
     from fastai.distributed import DistributedDL
 from .losses import KDConfig
 from .learner import distill_learner, distill_cohort, with_eval, DistillCallback
-from .models import read_checkpoint, CheckpointError, ModelCard, write_card, read_card, CARD_FILE
+from .models import read_checkpoint, CheckpointError, ModelCard, write_card, read_card, CARD_FILE, nonfinite, CHECKSUMS, read_checksums
 
 # %% auto #0
-__all__ = ['CHECKSUMS', 'LOGGERS', 'TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint',
-           'check_finite', 'state_digest', 'save_verified', 'save_checked', 'load_verified', 'rng_state',
-           'set_rng_state', 'RunConfig', 'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'auto_resume',
-           'open_run', 'StepLR', 'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier',
-           'RunCheckpoint', 'RunLog', 'check_logs', 'TensorBoardScalars', 'WandbScalars', 'live_writers',
-           'EpochScalars', 'FiniteLossGuard', 'Interrupted', 'fit_run', 'digest', 'MemberBest', 'MemberResult',
-           'RunResult', 'Run']
+__all__ = ['LOGGERS', 'TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'check_finite',
+           'state_digest', 'save_verified', 'save_checked', 'load_verified', 'rng_state', 'set_rng_state', 'RunConfig',
+           'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'auto_resume', 'open_run', 'StepLR', 'schedule_cb',
+           'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint', 'RunLog',
+           'check_logs', 'TensorBoardScalars', 'WandbScalars', 'live_writers', 'EpochScalars', 'FiniteLossGuard',
+           'Interrupted', 'fit_run', 'digest', 'MemberBest', 'MemberResult', 'RunResult', 'Run']
 
 # %% ../nbs/08_run.ipynb #97b5e0c3
 class TrainError(UserError):
@@ -87,10 +86,9 @@ def load_checkpoint(path, map_location='cpu'):
     except CheckpointError as e: raise TrainError(str(e)) from None
 
 def check_finite(state_dict, path):
-    "Refuse (`TrainError`) to write the model `state_dict` to `path` if a float tensor in it has a NaN or an infinity."
-    bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad: raise TrainError(f"refusing to write {path}: the model has non-finite values ({', '.join(bad[:5])}"
-                             f"{f', … {len(bad) - 5} more' if len(bad) > 5 else ''}); the files written before are unchanged")
+    "Refuse (`TrainError`) to write the model `state_dict` to `path` if a float tensor in it has a NaN or an infinity (`nonfinite`)."
+    why = nonfinite(state_dict)
+    if why: raise TrainError(f"refusing to write {path}: the model's {why}; the files written before are unchanged")
 
 def state_digest(obj) -> str:
     """The sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every other value's `repr`, in a fixed
@@ -115,22 +113,13 @@ def save_verified(state:dict, path):
     state = _plain(state)
     return atomic_save(dict(state, digest=state_digest(state)), path)
 
-CHECKSUMS = 'checksums.json'
-
-def _checksums(folder) -> dict:
-    "`folder/checksums.json` (`{file name: [sha256, ...]}`), {} if there is none or it is unreadable."
-    f = Path(folder) / CHECKSUMS
-    try: d = json.loads(f.read_text()) if f.is_file() else {}
-    except (ValueError, OSError): d = {}
-    return d if isinstance(d, dict) else {}
-
 def save_checked(obj, path):
     """`atomic_save(obj, path)` with the file's sha256 in `checksums.json` beside it, `{file name: [sha256, ...]}`: the file is
     one of the listed (two only while it is being replaced, so that a kill at any moment leaves a file that matches)."""
     path, buf = Path(path), io.BytesIO()
     torch.save(_plain(obj), buf)
     data = buf.getvalue()
-    new, sums, f = hashlib.sha256(data).hexdigest(), _checksums(path.parent), path.parent / CHECKSUMS
+    new, sums, f = hashlib.sha256(data).hexdigest(), read_checksums(path.parent), path.parent / CHECKSUMS
     put = lambda hs: guarded_write(f, lambda: atomic_write_text(f, json.dumps(dict(sums, **{path.name: hs}), indent=1, sort_keys=True)))
     put([*sums.get(path.name, []), new] if path.is_file() else [new])      # the old file's hash(es) and the new one's
     guarded_write(path, lambda: atomic_write(path, lambda fh: fh.write(data)))
@@ -444,7 +433,7 @@ class RunLog(CSVLogger):
         self.file.flush(); os.fsync(self.file.fileno())
         self.old_logger(log)
 
-# %% ../nbs/08_run.ipynb #683483ca
+# %% ../nbs/08_run.ipynb #66a2ae9e
 LOGGERS = ('tensorboard', 'wandb')
 
 def check_logs(logs):

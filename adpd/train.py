@@ -30,10 +30,10 @@ def _ints(s):
     except argparse.ArgumentTypeError as e: raise argparse.ArgumentTypeError(f"{s!r}: comma-separated integers ≥ 0, e.g. 170,200 ({e})") from None
 
 def _size(s):
-    "'256x192': height x width, both positive multiples of 4."
-    m = re.fullmatch(r'\s*(\d+)\s*[x×,]\s*(\d+)\s*', str(s))
-    if not m or any(int(v) <= 0 or int(v) % 4 for v in m.groups()):
-        raise argparse.ArgumentTypeError(f"{s!r}: write HxW, both positive multiples of 4 (heatmaps are 1/4 of the input), e.g. 256x192")
+    "'256x192': height x width, as `adpd.core.parse_size` checks it (positive multiples of 4, at least 32)."
+    from adpd.core import UserError, parse_size      # lazily, as the CLI's other imports of the package
+    try: parse_size(s)
+    except UserError as e: raise argparse.ArgumentTypeError(str(e)) from None
     return s
 
 def _weights3(s):
@@ -129,7 +129,8 @@ def make_parser():
     "The `adpd_train` argument parser."
     from adpd.recipes import PRESETS, PAPER, DemoConfig, QUICK, SHIPPED, WEIGHTS
     from adpd.losses import KD_KINDS
-    p = argparse.ArgumentParser(prog='adpd_train', description='Adaptive Decoupled Pose Knowledge Distillation: train and distil pose models.')
+    from adpd.core import CommandParser
+    p = CommandParser(prog='adpd_train', description='Adaptive Decoupled Pose Knowledge Distillation: train and distil pose models.')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{demo,coco,mpii}')
     D = DemoConfig()
     d = sub.add_parser('demo', help='the shipped teacher and student on the embedded synthetic benchmark: no KD, FPD, KL, DKD, ADPD as one cohort per seed (CPU minutes)',

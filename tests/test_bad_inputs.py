@@ -175,3 +175,17 @@ def test_run_layer_weights_flags_name_the_nan_file(files):
     from adpd.recipes import load_weights
     from adpd.run import TrainError
     with pytest.raises(TrainError, match=f'--teacher-weights: checkpoint .*{NAN_MSG}'): load_weights(create_pose_model('tiny'), files / 'teacher.pth', 'teacher', 'tiny')
+
+def test_a_flipped_bit_in_a_run_file_is_refused_by_every_reader(tmp_path):
+    "A weight file whose folder lists its sha256 (as `adpd.run.save_checked` writes `best.pth`/`final.pth`) is refused once changed."
+    import json, torch
+    from adpd.core import sha256
+    from adpd.models import CHECKSUMS, CheckpointError, create_pose_model, load_pose_model
+    torch.manual_seed(0)
+    f = tmp_path / 'best.pth'
+    torch.save(create_pose_model('tiny-w8').state_dict(), f)
+    (tmp_path / CHECKSUMS).write_text(json.dumps({'best.pth': [sha256(f)]}))
+    assert load_pose_model(f, arch='tiny-w8').K == 17                       # intact: loads
+    raw = bytearray(f.read_bytes()); raw[len(raw) // 2] ^= 0x10; f.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r'best.pth: does not match its sha256 in checksums.json'):
+        load_pose_model(f, arch='tiny-w8')

@@ -4,20 +4,21 @@
 
 # %% ../../nbs/03b_models.create.ipynb #da8c7cfa
 from __future__ import annotations
-import pickle, re, warnings, zipfile
+import json, pickle, re, warnings, zipfile
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core import MissingFile, UserError
+from ..core import MissingFile, UserError, sha256
 from .arch import (COLORS, TinyPoseNet, joint_params, pose_fpn, pose_hourglass, pose_hrnet, pose_resnet, pose_timm,
                               pose_torchvision, set_color)
 
 # %% auto #0
-__all__ = ['POSE_MODELS', 'create_pose_model', 'nonfinite', 'checkpoint_problem', 'CheckpointError', 'read_checkpoint',
-           'read_state_dict', 'refuse_nonfinite', 'load_pose_checkpoint', 'load_imagenet_weights']
+__all__ = ['POSE_MODELS', 'CHECKSUMS', 'create_pose_model', 'nonfinite', 'checkpoint_problem', 'CheckpointError',
+           'read_checksums', 'checksum_problem', 'read_checkpoint', 'read_state_dict', 'refuse_nonfinite',
+           'load_pose_checkpoint', 'load_imagenet_weights']
 
 # %% ../../nbs/03b_models.create.ipynb #61078301
 POSE_MODELS = {
@@ -57,7 +58,7 @@ def create_pose_model(name, num_joints=17, pretrained=None, color=None, **kwargs
     else: load_imagenet_weights(model, sd)
     return model
 
-# %% ../../nbs/03b_models.create.ipynb #12f7ded7
+# %% ../../nbs/03b_models.create.ipynb #8239506e
 def nonfinite(tensors:Mapping) -> str|None:
     "What is not finite in the float tensors of `tensors` (`{name: tensor}`): the first bad one, its NaN and infinity counts, how many more; None if all are finite."
     bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
@@ -106,11 +107,26 @@ def _numpy_globals():
 class CheckpointError(UserError, ValueError):
     "A weight file that cannot be read: empty, truncated, not a checkpoint, or in need of unsafe unpickling."
 
+CHECKSUMS = 'checksums.json'   # beside a run's weight files: {file name: [sha256, ...]}, written by `adpd.run.save_checked`
+
+def read_checksums(folder) -> dict:
+    "`folder/checksums.json` (`{file name: [sha256, ...]}`), {} if there is none or it is unreadable."
+    f = Path(folder) / CHECKSUMS
+    try: d = json.loads(f.read_text()) if f.is_file() else {}
+    except (ValueError, OSError): d = {}
+    return d if isinstance(d, dict) else {}
+
+def checksum_problem(path) -> str|None:
+    "Why the file `path` does not match the sha256 its folder's `checksums.json` lists for it (None if it matches or none is listed)."
+    sums = read_checksums(Path(path).parent).get(Path(path).name)
+    if not sums or not isinstance(sums, list) or sha256(path) in sums: return None
+    return f"does not match its sha256 in {CHECKSUMS} (the file was damaged after it was written)"
+
 def read_checkpoint(path, weights_only=True, map_location='cpu'):
     "`torch.load` of the file `path` (numpy values allowed with `weights_only`); `CheckpointError` naming the file and what is wrong with it."
     name = _src_name(path)
     if not Path(path).is_file(): raise MissingFile(f"{name}: no such file")
-    bad = checkpoint_problem(path)
+    bad = checkpoint_problem(path) or checksum_problem(path)
     if bad: raise CheckpointError(f"{name}: {bad}")
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
