@@ -105,7 +105,7 @@ def reduce_factor(zoom:float, fast_decode=False) -> int:
     if not fast_decode: return 1
     return max([f for f in (1, 2, 4, 8) if f * zoom <= 1] or [1])
 
-# %% ../nbs/02_data.ipynb #def2550f
+# %% ../nbs/02_data.ipynb #f13b92fe
 def cache_dir() -> Path:
     "Where adpd keeps what it can recompute (`$ADPD_CACHE`, else `$XDG_CACHE_HOME/adpd`, else `~/.cache/adpd`); never inside a data root."
     env = os.environ.get('ADPD_CACHE')

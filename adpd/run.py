@@ -433,7 +433,7 @@ class RunLog(CSVLogger):
         self.file.flush(); os.fsync(self.file.fileno())
         self.old_logger(log)
 
-# %% ../nbs/08_run.ipynb #ed0b1a93
+# %% ../nbs/08_run.ipynb #cbea8423
 LOGGERS = ('tensorboard', 'wandb')
 
 def check_logs(logs):

@@ -58,7 +58,7 @@ def create_pose_model(name, num_joints=17, pretrained=None, color=None, **kwargs
     else: load_imagenet_weights(model, sd)
     return model
 
-# %% ../../nbs/03b_models.create.ipynb #e52d51c0
+# %% ../../nbs/03b_models.create.ipynb #18bc6fbd
 def nonfinite(tensors:Mapping) -> str|None:
     "What is not finite in the float tensors of `tensors` (`{name: tensor}`): the first bad one, its NaN and infinity counts, how many more; None if all are finite."
     bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
