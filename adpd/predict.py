@@ -282,7 +282,7 @@ def _predict_images(a) -> int:
     if broken: print(f"adpd_predict: warning: {broken} {'pose' if broken == 1 else 'poses'} with non-finite keypoints or scores skipped "
                      "(the model outputs NaN or infinity: check its weights and input)", file=sys.stderr)
     atomic_write_text(out / 'keypoints.json', json.dumps(res))
-    print(f"wrote {out / 'keypoints.json'} ({len(res)} poses)")
+    print(f"wrote {out / 'keypoints.json'} ({len(res)} pose{'' if len(res) == 1 else 's'})")
     return 0
 
 def main(argv=None) -> int:
