@@ -112,31 +112,34 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'adpd'
 
 def _stat_key(path):
-    "`(size, mtime_ns)` of `path`, or None when it cannot be read."
+    """What tells a file's versions apart, `(size, mtime_ns, ctime_ns, inode)`, or None when it cannot be read. The change time
+    and inode catch a file replaced by one of the same size with its mtime restored (`cp -p`, `rsync -a`, `tar -x`)."""
     try: s = os.stat(path)
     except OSError: return None
-    return (s.st_size, s.st_mtime_ns)
+    return (s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+
+_CHECKS = 2   # version of the cached file checks: bump when `image_file_problem` judges differently
 
 def check_image_files(img_dir, names, threads:int|None=None) -> list:
     """`image_file_problem` of `img_dir / name` for every name in `names` (None where fine), in parallel threads and
-    cached by `(path, size, mtime)` in `cache_dir()/file-checks`: a file that changed is checked again."""
+    cached by path and `_stat_key` in `cache_dir()/file-checks`: a file that changed is checked again."""
     img_dir, names = Path(img_dir), list(names)
     root = img_dir.resolve()
     cf = cache_dir() / 'file-checks' / f"{hashlib.sha1(str(root).encode()).hexdigest()[:20]}.json"
     try: cached = json.loads(cf.read_text()) if cf.is_file() else {}
     except (OSError, ValueError): cached = {}
-    if cached.get('root') != str(root): cached = {}
+    if cached.get('root') != str(root) or cached.get('version') != _CHECKS: cached = {}
     entries = cached.get('files', {})
     threads = threads or min(32, 4 * (os.cpu_count() or 1))   # stat and small reads wait on the disk, not the CPU
     with ThreadPoolExecutor(threads) as ex:
         chunks = lambda xs, f: [y for ys in ex.map(lambda c: list(map(f, c)), [xs[i:i + 512] for i in range(0, len(xs), 512)]) for y in ys]
         keys = chunks([img_dir / n for n in names], _stat_key)
-        todo = [i for i, (n, k) in enumerate(zip(names, keys)) if k is not None and entries.get(n, [None, None])[:2] != list(k)]
+        todo = [i for i, (n, k) in enumerate(zip(names, keys)) if k is not None and entries.get(n, [])[:len(k)] != list(k)]
         for i, p in zip(todo, chunks([img_dir / names[i] for i in todo], image_file_problem)): entries[names[i]] = [*keys[i], p]
     if todo:
-        try: atomic_write_text(cf, json.dumps(dict(root=str(root), files=entries)))
+        try: atomic_write_text(cf, json.dumps(dict(root=str(root), version=_CHECKS, files=entries)))
         except OSError: pass                                   # a read-only cache only costs the next build its time
-    return ['missing image file' if k is None else entries[n][2] for n, k in zip(names, keys)]
+    return ['missing image file' if k is None else entries[n][-1] for n, k in zip(names, keys)]
 
 
 # %% ../nbs/02_data.ipynb #5a32f4b4
@@ -293,17 +296,16 @@ def _reasons(checks, n) -> np.ndarray:
     return why
 
 def _file_key(path) -> list:
-    "What identifies a file's version: its resolved path, size and mtime (None when it cannot be read: no caching)."
-    try: s = os.stat(path)
-    except OSError: return None
-    return [str(Path(path).resolve()), s.st_size, s.st_mtime_ns]
+    "What identifies a file's version: its resolved path and `_stat_key` (None when it cannot be read: no caching)."
+    k = _stat_key(path)
+    return None if k is None else [str(Path(path).resolve()), *k]
 
 class CocoKeypoints(TopDownDataset):
     "A top-down dataset over a COCO keypoint json of any K; `det_file` gives detection boxes for evaluation."
     def __init__(self, ann_file, img_dir, train=True, image_size=(192, 256), heatmap_size=(48, 64), det_file=None,
                  det_thr=0., category=None, check_files=True, **kwargs):
         self.ann_file, self.img_dir, self.det_file = Path(ann_file), Path(img_dir), det_file
-        self._coco = self._coco_loaded = None
+        self._coco, self._coco_loaded, self._ann_key = None, None, _file_key(ann_file)
         t, d = self._table(det_file, category, det_thr)
         if d is not None and not train: self.coco = _coco_index(d, ann_file)    # parsed anyway: an evaluation dataset keeps it
         del d
@@ -342,20 +344,23 @@ class CocoKeypoints(TopDownDataset):
     @property
     def coco(self) -> COCO|None:
         "The pycocotools index of `ann_file` (for evaluation), parsed on first use unless the build kept it."
-        if self._coco is None and self._coco_loaded is None: self.coco = load_coco_json(self.ann_file)
+        if self._coco is None and self._coco_loaded is None:
+            if _file_key(self.ann_file) != self._ann_key:          # the records came from another version of the file
+                raise UserError(f"{self.ann_file}: changed since this dataset was built from it; build the dataset again")
+            self.coco = load_coco_json(self.ann_file)
         return self._coco
     @coco.setter
     def coco(self, c): self._coco, self._coco_loaded = c, True
 
-    _TABLE = 2   # version of the cached table's layout
+    _TABLE = 3   # version of the cached table's layout and of the rules that made it: bump when either changes
 
     def _table(self, det_file, category, det_thr):
         """What the json (and `det_file`) say, as arrays: the candidate rows (`ix` into the images, box, joints, score,
         area), the counts of rows already skipped, the images' ids, sizes and names. Cached in `cache_dir()/coco-tables`
         by the files' paths, sizes and mtimes; returns `(table, parsed json or None when cached)`."""
         files = [_file_key(f) for f in (self.ann_file, det_file) if f is not None]
-        key = json.dumps([self._TABLE, files, category, det_thr])               # one cache file per dataset, its versions inside
-        cf = cache_dir() / 'coco-tables' / f"{hashlib.sha1(json.dumps([[f and f[0] for f in files], category, det_thr]).encode()).hexdigest()[:20]}.npz"
+        key = json.dumps([self._TABLE, files, category, float(det_thr)])               # one cache file per dataset, its versions inside
+        cf = cache_dir() / 'coco-tables' / f"{hashlib.sha1(json.dumps([[f and f[0] for f in files], category, float(det_thr)]).encode()).hexdigest()[:20]}.npz"
         try:
             if None in files: raise OSError                                  # a missing file: the reader says so
             with np.load(cf, allow_pickle=False) as z:

@@ -27,11 +27,11 @@ from .models import read_checkpoint, CheckpointError, ModelCard, write_card, rea
 
 # %% auto #0
 __all__ = ['LOGGERS', 'TrainError', 'say', 'guarded_write', 'atomic_save', 'clean_tmp', 'load_checkpoint', 'check_finite',
-           'state_digest', 'save_verified', 'save_checked', 'load_verified', 'rng_state', 'set_rng_state', 'RunConfig',
-           'FitConfig', 'CohortConfig', 'Runtime', 'check_resume', 'auto_resume', 'open_run', 'StepLR', 'schedule_cb',
-           'paper_adam', 'RankDL', 'maybe_distrib', 'init_distributed', 'barrier', 'RunCheckpoint', 'RunLog',
-           'check_logs', 'TensorBoardScalars', 'WandbScalars', 'live_writers', 'EpochScalars', 'FiniteLossGuard',
-           'Interrupted', 'fit_run', 'digest', 'MemberBest', 'MemberResult', 'RunResult', 'Run']
+           'save_checked', 'rng_state', 'set_rng_state', 'RunConfig', 'FitConfig', 'CohortConfig', 'Runtime',
+           'check_resume', 'auto_resume', 'open_run', 'StepLR', 'schedule_cb', 'paper_adam', 'RankDL', 'maybe_distrib',
+           'init_distributed', 'barrier', 'RunCheckpoint', 'RunLog', 'check_logs', 'TensorBoardScalars', 'WandbScalars',
+           'live_writers', 'EpochScalars', 'FiniteLossGuard', 'Interrupted', 'fit_run', 'digest', 'MemberBest',
+           'MemberResult', 'RunResult', 'Run']
 
 # %% ../nbs/08_run.ipynb #97b5e0c3
 class TrainError(UserError):
@@ -56,7 +56,7 @@ def _disk_full(e) -> bool:
     if isinstance(e, OSError): return e.errno in (errno.ENOSPC, errno.EDQUOT)
     return isinstance(e, RuntimeError) and bool(re.search(r'unexpected pos|PytorchStreamWriter', str(e)))
 
-_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)   # ENOENT: a folder that cannot be made (/proc/...)
 
 def guarded_write(path, write, where='choose a folder you can write to'):
     """Call `write()`, an atomic write of `path`; a full disk becomes a `TrainError` that says the previous `path` is intact,
@@ -80,7 +80,7 @@ def clean_tmp(folder):
     for p in Path(folder).glob('.*.tmp'): p.unlink(missing_ok=True)
 
 def load_checkpoint(path, map_location='cpu'):
-    "A checkpoint written by `atomic_save`, read with `weights_only=True`; `TrainError` naming the file and what is wrong with it."
+    "A checkpoint written by `atomic_save` or `save_checked`, read with `weights_only=True` (its sha256 checked against `checksums.json`); `TrainError` naming the file and what is wrong with it."
     if not Path(path).is_file(): raise TrainError(f"{path}: checkpoint not found")
     try: return read_checkpoint(path, map_location=map_location)
     except CheckpointError as e: raise TrainError(str(e)) from None
@@ -90,34 +90,11 @@ def check_finite(state_dict, path):
     why = nonfinite(state_dict)
     if why: raise TrainError(f"refusing to write {path}: the model's {why}; the files written before are unchanged")
 
-def state_digest(obj) -> str:
-    """The sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every other value's `repr`, in a fixed
-    order. `checkpoint.pth` carries the digest of the rest of itself, so a damaged file is caught when it is read back."""
-    h = hashlib.sha256()
-    def walk(o):
-        if torch.is_tensor(o):
-            t = o.detach().cpu().contiguous().reshape(-1)
-            h.update(f'T{t.dtype}{tuple(o.shape)}'.encode()); h.update(t.view(torch.uint8).numpy().tobytes())
-        elif isinstance(o, dict):
-            for k in sorted(o, key=repr): h.update(f'K{k!r}'.encode()); walk(o[k])
-            h.update(b'}')
-        elif isinstance(o, (list, tuple)):
-            for v in o: h.update(b','); walk(v)
-            h.update(b']')
-        else: h.update(f'V{o!r}'.encode())
-    walk(obj)
-    return h.hexdigest()
-
-def save_verified(state:dict, path):
-    "`atomic_save` the dict `state` with its `state_digest` under the key `digest` (checked by `load_verified`)."
-    state = _plain(state)
-    return atomic_save(dict(state, digest=state_digest(state)), path)
-
 def save_checked(obj, path):
     """`atomic_save(obj, path)` with the file's sha256 in `checksums.json` beside it, `{file name: [sha256, ...]}`: the file is
     one of the listed (two only while it is being replaced, so that a kill at any moment leaves a file that matches)."""
     path, buf = Path(path), io.BytesIO()
-    torch.save(_plain(obj), buf)
+    guarded_write(path, lambda: torch.save(_plain(obj), buf))          # the bytes first (a failing writer fails here, nothing changed)
     data = buf.getvalue()
     new, sums, f = hashlib.sha256(data).hexdigest(), read_checksums(path.parent), path.parent / CHECKSUMS
     put = lambda hs: guarded_write(f, lambda: atomic_write_text(f, json.dumps(dict(sums, **{path.name: hs}), indent=1, sort_keys=True)))
@@ -126,13 +103,6 @@ def save_checked(obj, path):
     put([new])
     return path
 
-def load_verified(path, map_location='cpu') -> dict:
-    "`load_checkpoint(path)`, its `digest` (if it has one) checked: a `TrainError` naming the file if its contents changed after it was written."
-    state = load_checkpoint(path, map_location)
-    want = state.pop('digest', None) if isinstance(state, dict) else None
-    if want is not None and state_digest(state) != want:
-        raise TrainError(f"{path}: its contents do not match the checksum written with it (the file was damaged after it was written)")
-    return state
 
 # %% ../nbs/08_run.ipynb #43c2fb5b
 def rng_state(loaders=()):
@@ -251,8 +221,7 @@ def open_run(run_dir, config:RunConfig, resume=False, part=False):
         return ck if ck.is_file() else None
     if run_dir.is_dir() and any(not p.name.startswith('.') for p in run_dir.iterdir()):
         raise TrainError(f"{run_dir} is not empty and holds no adpd run (no config.json); choose another --out")
-    if rank_distrib() == 0:
-        _check_writable(run_dir)
+    if rank_distrib() == 0:                  # writing the config is the probe: an unwritable folder is one line naming it
         guarded_write(cfg, lambda: atomic_write_text(cfg, json.dumps(config.to_dict(), indent=1, sort_keys=True)), 'choose another --out')
     return None
 
@@ -409,7 +378,7 @@ class RunCheckpoint(Callback):
         self.history.append(dict(epoch=self.epoch, **dict(zip(names, vals))))
         state = self.state_dict()
         check_finite(state['model'], self.run_dir / 'checkpoint.pth')
-        if rank_distrib() == 0: save_verified(state, self.run_dir / 'checkpoint.pth')
+        if rank_distrib() == 0: save_checked(state, self.run_dir / 'checkpoint.pth')
         self.saved = self.epoch + 1
         if self.stop_after and self.epoch + 1 >= self.stop_after and self.epoch + 1 < self.n_epoch:
             self.stopped = True
@@ -441,7 +410,7 @@ def check_logs(logs):
     for k in logs:
         if k not in LOGGERS: raise TrainError(f"--log {k}: choose from {', '.join(LOGGERS)}")
         require(k, f'--log {k}', 'log')
-    return tuple(logs)
+    return tuple(dict.fromkeys(logs))          # `--log tensorboard --log tensorboard`: one writer
 
 class TensorBoardScalars:
     "TensorBoard event files in `folder`, opened at the first step written (`purge_step`: events of that step and later, left by a killed attempt, are dropped)."
@@ -532,7 +501,7 @@ def _interrupted(ck:RunCheckpoint, n) -> str:
 def _resume_state(path):
     "The checkpoint `path` to resume from (its checksum checked); if it cannot be read, a `TrainError` that says the run's other files are untouched."
     path = Path(path)
-    try: return load_verified(path)
+    try: return load_checkpoint(path)
     except TrainError as e:
         others = ', '.join(sorted(p.name for p in path.parent.iterdir() if p.is_file() and p != path and not p.name.startswith('.'))) or 'none'
         raise TrainError(f"{e}; cannot resume from it. The run's other files ({others}) are untouched: restore {path.name}, or delete "
@@ -565,7 +534,6 @@ def fit_run(learn:Learner, run_dir, config:FitConfig, resume_from=None, stop_aft
 # %% ../nbs/08_run.ipynb #bba2445b
 def digest(tensors) -> str:
     "A short hash of a sequence of tensors (bitwise), to compare weights across processes or runs."
-    import hashlib
     h = hashlib.sha1()
     for t in tensors: h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
@@ -596,23 +564,23 @@ class MemberBest(Callback):
     def __init__(self, members:dict, monitor='valid_loss', prefix=False):
         store_attr()
         self.comp = np.less if 'loss' in monitor else np.greater
-        self.best, self.best_epoch, self.next = {}, {}, 0
+        self.best, self.best_epoch, self.live = {}, {}, False
 
+    def before_epoch(self): self.live = False
+    def before_train(self): self.live = True        # an epoch that `fit(start_epoch=)` skips never trains
     def after_epoch(self):
-        if not self.run or self.epoch < self.next: return          # an epoch that a resumed run skips
+        if not self.run or not self.live: return
         vals = dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))
         for n, (m, folder) in self.members.items():
             v = vals.get(f'{n}_{self.monitor}' if self.prefix else self.monitor)
             if v is None or not math.isfinite(v) or (n in self.best and not self.comp(v, self.best[n])): continue
             self.best[n], self.best_epoch[n] = float(v), self.epoch
-            if rank_distrib() == 0:
-                sd, f = m.state_dict(), Path(folder) / 'best.pth'
-                check_finite(sd, f)
-                save_checked(sd, f)
-        self.next = self.epoch + 1
+            sd, f = m.state_dict(), Path(folder) / 'best.pth'
+            check_finite(sd, f)                      # on every process: all stop together, none waits in the checkpoint's gather
+            if rank_distrib() == 0: save_checked(sd, f)
 
-    def state_dict(self) -> dict: return dict(best=self.best, best_epoch=self.best_epoch, next=self.next)
-    def load_state_dict(self, sd:dict): self.best, self.best_epoch, self.next = dict(sd['best']), dict(sd['best_epoch']), sd['next']
+    def state_dict(self) -> dict: return dict(best=self.best, best_epoch=self.best_epoch)
+    def load_state_dict(self, sd:dict): self.best, self.best_epoch = dict(sd['best']), dict(sd['best_epoch'])
 
 # %% ../nbs/08_run.ipynb #9d955d82
 @dataclasses.dataclass(frozen=True)

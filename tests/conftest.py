@@ -8,6 +8,15 @@ def fixture_dir(name):
         pytest.skip(f"shared fixture '{name}' not found (set ADPD_SHARED_DATA or put shared/data beside the checkout)")
     return d
 
+@pytest.fixture(scope='session', autouse=True)
+def own_cache(tmp_path_factory):
+    "The tests build their datasets with a cache of their own, never the user's `~/.cache/adpd` (which may hold another version's)."
+    import os
+    old, os.environ['ADPD_CACHE'] = os.environ.get('ADPD_CACHE'), str(tmp_path_factory.mktemp('adpd-cache'))
+    yield
+    if old is None: os.environ.pop('ADPD_CACHE', None)
+    else: os.environ['ADPD_CACHE'] = old
+
 @pytest.fixture
 def coco_tiny(): return fixture_dir('coco_tiny')
 

@@ -126,8 +126,8 @@ def test_images_over_the_pixel_limit_name_the_file(tmp_path, coco_tiny, mpii_tin
         mp = MPIIKeypoints(mpii_tiny / 'mpii_tiny.json', tmp_path / 'mi')
     assert mp.skips['image over the decoder pixel limit'] >= 1 and any(entries[0]['image'] in str(x.message) for x in w)
 
-def test_corrupt_jpegs_are_found_by_the_right_thread(tmp_path, coco_tiny, capfd):
-    "Decoding threads each hear only their own file's libjpeg warnings, and the process keeps its stderr."
+def test_corrupt_jpegs_are_found_by_the_right_thread(tmp_path, coco_tiny):
+    "Decoding threads each report their own file's damage (simplejpeg raises inside the call), naming that file."
     from concurrent.futures import ThreadPoolExecutor
     files = []
     for k, src in enumerate(sorted((coco_tiny / 'images').glob('*.jpg'))):
@@ -138,8 +138,6 @@ def test_corrupt_jpegs_are_found_by_the_right_thread(tmp_path, coco_tiny, capfd)
         except ValueError as e: return bad and str(f) in str(e)
     with ThreadPoolExecutor(3) as ex: ok = list(ex.map(named_iff_bad, files * 20))
     assert all(ok) and all(map(named_iff_bad, files))
-    import os; os.write(2, b'fd 2 still reaches stderr\n')
-    assert 'fd 2 still reaches stderr' in capfd.readouterr().err
 
 @pytest.mark.parametrize('workers', ['0', '1'])
 def test_a_corrupt_image_met_in_training_stops_the_run_naming_it(tmp_path, coco_tiny, capsys, workers):

@@ -152,7 +152,7 @@ def test_cohort_run_resumes_exactly_and_saves_standalone_students(tmp_path, data
     # the log has one line per epoch, the killed one's first line kept
     lines = lambda d: (tmp_path / d / 'log.csv').read_text().splitlines()
     assert len(lines('straight')) == len(lines('killed')) == 3
-    # finished: read back with --resume, the members' final models from their folders
+    # finished: --resume finishes it again from its checkpoint, the same members
     again, _ = cohort_run(tmp_path / 'straight', data, resume=True)
     assert all(torch.equal(v, straight.models['adpd'].state_dict()[k]) for k, v in again.models['adpd'].state_dict().items())
 

@@ -283,5 +283,5 @@ def test_flipped_bytes_in_a_checkpoint_are_caught(synth, finished, tmp_path, cap
     capsys.readouterr()
     assert main(coco_args(synth, out, '--resume')) == 2
     err = capsys.readouterr().err
-    assert f'{ck}: its contents do not match the checksum written with it' in err and 'untouched' in err and 'Traceback' not in err, err
+    assert f'{ck}: does not match its sha256 in checksums.json' in err and 'untouched' in err and 'Traceback' not in err, err
     assert len(err.strip().splitlines()) == 1 and snapshot(out) == before

@@ -75,3 +75,25 @@ def test_an_unwritable_cache_only_costs_time(root, monkeypatch, tmp_path):
     monkeypatch.setenv('ADPD_CACHE', str(tmp_path / 'file' / 'cache'))       # under a file: nothing can be created
     a, b = build(root), build(root)
     same(a, b)
+
+def test_a_file_replaced_with_its_size_and_mtime_kept_is_read_again(root):
+    "`cp -p`/`rsync -a` restore the mtime: the change time and inode still tell the versions apart."
+    f = root / ANN
+    d = json.loads(f.read_text())
+    f.write_text(json.dumps(d))
+    st, first = f.stat(), build(root)
+    a = next(a for a in d['annotations'] if a.get('num_keypoints', 0) > 0 and a.get('iscrowd') == 0)
+    a['iscrowd'] = 1                                                          # same length: 0 → 1
+    tmp = root / 'new.json'; tmp.write_text(json.dumps(d)); os.replace(tmp, f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    assert len(build(root)) == len(first) - 1
+
+def test_numpy_thresholds_and_a_stale_index(root):
+    "A numpy `det_thr` keys the cache like a float; an evaluation index parsed after its json changed is refused, not mixed."
+    a = build(root, train=False, det_file=root / DET, det_thr=np.float32(.5))
+    assert len(a) == len(build(root, train=False, det_file=root / DET, det_thr=.5))
+    build(root, train=False)
+    b = build(root, train=False)                                             # a warm cache: the index is parsed on first use
+    (root / ANN).write_text((root / ANN).read_text() + ' ')
+    with pytest.raises(D.UserError, match='changed since this dataset was built'): b.coco

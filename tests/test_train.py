@@ -141,8 +141,8 @@ def test_a_run_written_before_a_new_flag_resumes(synth, tmp_path, capsys):
     assert main(coco_args(synth, out, '--stop-after', '1')) == 0
     cfg = json.loads((out / 'config.json').read_text()); del cfg['bound']
     (out / 'config.json').write_text(json.dumps(cfg))
-    ck = load_checkpoint(out / 'checkpoint.pth'); del ck['config']['bound']; del ck['digest']   # written before the flag and the checksum
-    torch.save(ck, out / 'checkpoint.pth')
+    ck = load_checkpoint(out / 'checkpoint.pth'); del ck['config']['bound']   # written before the flag (and before checksums.json)
+    torch.save(ck, out / 'checkpoint.pth'); (out / 'checksums.json').unlink()
     assert main(coco_args(synth, out, '--resume')) == 0 and load_checkpoint(out / 'checkpoint.pth')['epoch'] == 2
     capsys.readouterr()
     assert main(coco_args(synth, out, '--resume', '--no-bound')) == 2 and 'bound: True → False' in capsys.readouterr().err
