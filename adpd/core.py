@@ -144,9 +144,10 @@ def spec_from_coco_category(cat:dict, sigmas=None, default_sigma=DEFAULT_SIGMA) 
 # %% ../nbs/00_core.ipynb #a2a35c63
 @contextlib.contextmanager
 def quiet_import():
-    "Import third-party modules (fastai) without torch's deprecation notice for `torch.jit.script`, which they call at import: noise for users."
+    """Import third-party modules (fastai, which calls `torch.jit.script` at import) or read a TorchScript file (`torch.jit.load`)
+    without torch's deprecation notices for its `torch.jit` functions: noise for users, who did not call them."""
     with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.\w+` is deprecated', category=FutureWarning)
         yield
 
 def shared_data(*parts) -> Path|None:
@@ -239,11 +240,14 @@ def _fsync_dir(d):
         try: os.fsync(fd)
         finally: os.close(fd)
 
+_UMASK = os.umask(0o022); os.umask(_UMASK)   # the process's umask (read by setting it back): what a plain open() would give
+
 def atomic_write(path, write):
     "Call `write(f)` on a temporary binary file beside `path`, fsync it, then atomically replace `path`; nothing changes if `write` fails."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.chmod(tmp, 0o666 & ~_UMASK)             # mkstemp makes 0600: give the file the mode open() would (an exported model others serve)
     try:
         with os.fdopen(fd, 'wb') as f:
             write(f)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from fastcore.imports import in_ipython
 from .core import atomic_write, atomic_write_text, cli_main, CommandParser, last_heatmaps, parse_size, require, UserError
-from .models import ONNX_CARD_KEY, TS_CARD_FILE, ExportedModel, InputError, ModelCard, load_pose_model, out_problem
+from .models import ONNX_CARD_KEY, TS_CARD_FILE, ExportedModel, InputError, ModelCard, load_pose_model, out_problem, ts_card_path
 
 # %% auto #0
 __all__ = ['FORMATS', 'OPSET', 'export_student', 'parity', 'make_parser', 'main', 'ExportedModel']
@@ -41,7 +41,7 @@ def export_student(model:nn.Module, path, format:str='onnx', image_size=(192, 25
                                   dynamic_axes={'input': {0: 'batch'}, 'heatmaps': {0: 'batch'}}, dynamo=False)
                 f.write(_with_metadata(buf.getvalue(), {ONNX_CARD_KEY: meta}) if meta else buf.getvalue())
     atomic_write(path, write)
-    if format == 'torchscript' and meta: atomic_write_text(Path(path).with_suffix('.card.json'), meta)
+    if format == 'torchscript' and meta: atomic_write_text(ts_card_path(path), meta)
     return Path(path)
 
 def _with_metadata(onnx_bytes:bytes, props:dict) -> bytes:
@@ -93,7 +93,11 @@ def make_parser():
 def _export(a) -> int:
     "The body of `adpd_export` on the parsed flags `a`."
     st = load_pose_model(a.model, a.arch, image_size=a.image_size)
+    if isinstance(st.model, ExportedModel): raise InputError(f"{st.path}: already an exported model; export from its run folder or .pth")
     out = Path(a.out or f"{st.arch.replace(':', '-')}.{'onnx' if a.format == 'onnx' else 'pt'}")
+    if (out.suffix == '.onnx') != (a.format == 'onnx'):
+        raise InputError(f"--out {out}: an ONNX file is named .onnx (or pass --format torchscript)" if a.format == 'onnx' else
+                         f"--out {out}: a TorchScript file named .onnx would be read as ONNX; name it .pt (or pass --format onnx)")
     with warnings.catch_warnings():      # torch's deprecation notices of its exporters: noise on the command line
         warnings.simplefilter('ignore', (FutureWarning, DeprecationWarning))
         try: path = export_student(st.model, out, a.format, st.image_size, card=st.card)

@@ -15,7 +15,7 @@ from .transforms import PIXEL_STD, box_to_center_scale
 from .models import InputError, PoseModel, load_pose_model, model_joints, out_problem, spec_for
 from .evaluate import predict_keypoints, rescore
 with quiet_import():              # fastai's modules call torch.jit.script at import, which torch deprecates
-    from adpd.data import PoseRecords, TopDownDataset, read_image, read_json
+    from adpd.data import image_file_problem, PoseRecords, TopDownDataset, read_image, read_json
     from adpd.viz import show_pose
 
 # %% auto #0
@@ -183,9 +183,11 @@ def parse_spec(s) -> KeypointSpec:
     if str(s).lower() in SPECS: return SPECS[str(s).lower()]
     try: d = read_json(s, 'keypoint spec file (coco17, mpii16 or a COCO keypoint json)')
     except ValueError as e: raise InputError(str(e)) from None
-    cats = [c for c in d.get('categories', []) if isinstance(c, dict) and c.get('keypoints')] if isinstance(d, dict) else []
+    cats = d.get('categories') if isinstance(d, dict) else None
+    cats = [c for c in cats if isinstance(c, dict) and isinstance(c.get('keypoints'), list) and c['keypoints']] if isinstance(cats, list) else []
     if not cats: raise InputError(f"{s}: no category with a `keypoints` list (need coco17, mpii16 or a COCO keypoint json)")
-    return spec_from_coco_category(cats[0])
+    try: return spec_from_coco_category(cats[0])
+    except (TypeError, ValueError) as e: raise InputError(f"{s}: {e}") from None
 
 def _thr(s):
     "--thr for argparse: a finite number in [0, 1]."
@@ -245,10 +247,19 @@ def say_card(st:PoseModel, file=None):
     print(f"card: {st.card.provenance()}", file=file or sys.stdout, flush=True)
     if st.card.synthetic: print(f"adpd_predict: warning: {SYNTHETIC_WARNING}", file=sys.stderr, flush=True)
 
+def _image_problem(f) -> str|None:
+    "Why the file `f` is no image `adpd_predict` can read (missing, empty, truncated, of no image format), else None: checked up front, cheaply."
+    if not Path(f).is_file(): return 'image file not found'
+    p = image_file_problem(f)
+    if p is None and not cv2.haveImageReader(str(f)): p = 'not an image file (no JPEG, PNG or other format OpenCV reads)'
+    return p
+
 def _predict_images(a) -> int:
     "The body of `adpd_predict` on the parsed flags `a`."
     folder = next((f for f in a.images if Path(f).is_dir()), None)
     if folder: raise InputError(f"{folder}: a folder, not an image file (pass its images, e.g. {Path(folder) / '*.jpg'})")
+    bad = next(((f, p) for f in a.images if (p := _image_problem(f))), None)     # every image before anything is written
+    if bad: raise InputError(f"{bad[0]}: {bad[1]}")
     try: size = parse_size(a.image_size) if a.image_size else None     # here, not in argparse: one line like every other bad input
     except UserError as e: raise InputError(f"--image-size: {e}") from None
     st = load_student(a.model, a.arch, parse_spec(a.spec) if a.spec else None, size)

@@ -42,9 +42,9 @@ def test_non_finite_weights_are_named_when_read(files):
 def test_predict_and_export_refuse_nan_weights(files, coco_tiny, tmp_path, capsys):
     assert P.main([str(coco_tiny / 'images' / IMG), '--model', str(files / 'teacher.pth'), '--arch', 'tiny', '--out', str(tmp_path / 'o')]) == 2
     err = capsys.readouterr().err
-    assert NAN_MSG in err and err.count('\n') == 1 and not (tmp_path / 'o' / 'keypoints.json').exists()
+    assert NAN_MSG in err and err.count('\n') == 1 and not (tmp_path / 'o').exists()
     assert X.main([str(files / 'teacher.pth'), '--arch', 'tiny', '--out', str(tmp_path / 'n.onnx')]) == 2
-    assert NAN_MSG in capsys.readouterr().err
+    assert NAN_MSG in capsys.readouterr().err and not (tmp_path / 'n.onnx').exists()
 
 def test_exported_nan_weights_are_named(files, tmp_path):
     m = create_pose_model('tiny').eval()
@@ -189,3 +189,30 @@ def test_a_flipped_bit_in_a_run_file_is_refused_by_every_reader(tmp_path):
     raw = bytearray(f.read_bytes()); raw[len(raw) // 2] ^= 0x10; f.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r'best.pth: does not match its sha256 in checksums.json'):
         load_pose_model(f, arch='tiny-w8')
+
+
+def test_predict_checks_every_image_before_writing_anything(files, coco_tiny, tmp_path, capsys):
+    "A bad image among good ones: one line naming it, and no drawing of the good ones left behind."
+    (tmp_path / 'empty.jpg').write_bytes(b''); (tmp_path / 'notes.jpg').write_text('not an image')
+    for bad, why in (('empty.jpg', 'empty image file'), ('notes.jpg', 'not an image file')):
+        out = tmp_path / f'o-{bad}'
+        assert P.main([str(coco_tiny / 'images' / IMG), str(tmp_path / bad), '--model', str(files / 'good.pth'), '--arch', 'tiny',
+                       '--out', str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f'adpd_predict: error: {tmp_path / bad}: {why}' + err[err.index(why) + len(why):] and err.count('\n') == 1, err
+        assert not out.exists()
+
+@pytest.mark.parametrize('cats', ['5', '[{"keypoints": 5}]', '[{"name": "x", "keypoints": ["a", "b"], "skeleton": 3}]'])
+def test_a_bad_spec_file_is_one_line(cats, tmp_path):
+    f = tmp_path / 'spec.json'; f.write_text('{"categories": %s}' % cats)
+    with pytest.raises(UserError, match=str(f)): P.parse_spec(f)
+
+def test_export_refuses_a_format_the_name_contradicts_and_an_exported_model(files, tmp_path, capsys):
+    good = files / 'good.pth'
+    for fmt, name in (('torchscript', 'm.onnx'), ('onnx', 'm.pt')):
+        assert X.main([str(good), '--arch', 'tiny', '--format', fmt, '--out', str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'adpd_export: error: --out {tmp_path / name}: ') and err.count('\n') == 1 and not list(tmp_path.glob('m.*'))
+    ts = X.export_student(create_pose_model('tiny').eval(), tmp_path / 'e.pt', 'torchscript', image_size=(48, 64))
+    assert X.main([str(ts), '--out', str(tmp_path / 'again.onnx')]) == 2
+    assert 'already an exported model' in capsys.readouterr().err and not (tmp_path / 'again.onnx').exists()

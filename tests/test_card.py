@@ -60,7 +60,9 @@ def test_a_bad_card_names_the_file(tmp_path, content, what, capsys):
     (run / CARD_FILE).write_text(content)
     with pytest.raises(CardError, match=what) as e: load_pose_model(run)
     assert str(run / CARD_FILE) in str(e.value) and isinstance(e.value, UserError)
-    assert predict_main([str(tmp_path / 'never_read.jpg'), '--model', str(run), '--out', str(tmp_path / 'o')]) == 2
+    import cv2, numpy as np
+    cv2.imwrite(str(tmp_path / 'a.jpg'), np.zeros((32, 32, 3), np.uint8))            # a good image: the card is what fails
+    assert predict_main([str(tmp_path / 'a.jpg'), '--model', str(run), '--out', str(tmp_path / 'o')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('adpd_predict: error: ') and str(run / CARD_FILE) in err and err.count('\n') == 1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from ..core import COCO17, MPII16, KeypointSpec, MissingFile, UserError, atomic_write_text, require, parse_size, sha256, size_str, spec_from_coco_category
+from ..core import atomic_write_text, COCO17, KeypointSpec, MissingFile, MPII16, parse_size, quiet_import, require, sha256, size_str, spec_from_coco_category, UserError
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 from .arch import COLORS, joint_params
 from .create import (checkpoint_problem, create_pose_model, load_pose_checkpoint, read_checkpoint, read_state_dict,
@@ -19,8 +19,8 @@ from .create import (checkpoint_problem, create_pose_model, load_pose_checkpoint
 # %% auto #0
 __all__ = ['CARD_FORMAT', 'CARD_VERSION', 'CARD_FILE', 'ONNX_CARD_KEY', 'TS_CARD_FILE', 'WEIGHTS', 'RUN_WEIGHTS', 'LEGACY_BENCH',
            'spec_to_dict', 'spec_from_dict', 'InputError', 'CardError', 'out_problem', 'spec_for', 'data_provenance',
-           'ModelCard', 'write_card', 'read_card', 'ExportedModel', 'legacy_card', 'PoseModel', 'find_weights',
-           'model_joints', 'load_pose_model']
+           'ModelCard', 'write_card', 'read_card', 'ts_card_path', 'ExportedModel', 'legacy_card', 'PoseModel',
+           'find_weights', 'model_joints', 'load_pose_model']
 
 # %% ../../nbs/03d_models.card.ipynb #3ce7e2c9
 _SPEC_FIELDS = ('name', 'names', 'skeleton', 'sigmas', 'flip_pairs', 'upper', 'joint_weights')
@@ -177,7 +177,9 @@ def read_card(path) -> ModelCard:
 # %% ../../nbs/03d_models.card.ipynb #80d1bd5c
 ONNX_CARD_KEY, TS_CARD_FILE = 'adpd_card', 'adpd_card.json'   # where an exported file keeps its card
 
-def _ts_card_path(path): return Path(path).with_suffix('.card.json')
+def ts_card_path(path) -> Path:
+    "Where the card of the TorchScript file `path` is written beside it (also embedded in the file)."
+    return Path(path).with_suffix('.card.json')
 
 def _is_torchscript(f:Path) -> bool:
     "Is the file `f` a TorchScript archive (a zip with compiled code), rather than a `torch.save` checkpoint?"
@@ -221,10 +223,11 @@ class ExportedModel(nn.Module):
         else:
             if not _is_torchscript(p): raise InputError(f"{p}: not a TorchScript model: {_torch_kind(p) or checkpoint_problem(p)}")
             extra = {TS_CARD_FILE: ''}
-            try: self.ts = torch.jit.load(str(p), map_location='cpu', _extra_files=extra).eval()
+            try:
+                with quiet_import(): self.ts = torch.jit.load(str(p), map_location='cpu', _extra_files=extra).eval()   # no deprecation notice
             except RuntimeError as e: raise InputError(f"{p}: a damaged TorchScript model ({str(e).splitlines()[0][:200]})") from None
             self.session, size, weights = None, None, self.ts.state_dict()
-            raw = extra[TS_CARD_FILE] or (_ts_card_path(p).read_text() if _ts_card_path(p).is_file() else None)
+            raw = extra[TS_CARD_FILE] or (ts_card_path(p).read_text() if ts_card_path(p).is_file() else None)
         refuse_nonfinite(weights, str(p))
         try: self.card = ModelCard.from_dict(json.loads(raw), f"{p} (its card)") if raw else None
         except json.JSONDecodeError as e: raise CardError(f"{p}: its model card is not valid json ({e})") from None
@@ -255,7 +258,7 @@ def _ann_spec(ann, K):
     try:
         cats = [c for c in json.loads(Path(ann).read_text()).get('categories', []) if isinstance(c, dict) and c.get('keypoints')]
         return spec_from_coco_category(cats[0]) if cats and len(cats[0]['keypoints']) == K else None
-    except (OSError, ValueError, AttributeError): return None
+    except (OSError, ValueError, AttributeError, TypeError): return None   # a legacy hint: anything odd means no hint
 
 def legacy_card(cfg:dict, source, sd:dict|None=None, spec:KeypointSpec|None=None) -> ModelCard|None:
     """The card of a model whose weights (state dict `sd`, for K; None: 17 joints) came with the old run config or shipped-weights
